@@ -1,0 +1,105 @@
+"""Checkpoints and ``load_model``: one directory = ``config.json`` + ``model.safetensors``.
+
+``load_model`` accepts a named size (``"mcsd-tiny"``, ``"mcsd-small"``, ``"mcsd-1b"``,
+``"mcsd-1.6b"``, ``"mcsd-3b"``: freshly initialized from ``seed``), a directory written by
+:func:`save_model`, or a local Hugging Face causal-LM directory (``config.json`` with a
+``model_type`` other than ``"mcsd"``), which is wrapped by :mod:`synclearn.model.hf`.
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+
+from synclearn.model.config import NAMED_CONFIGS, MCSDConfig, named_config
+from synclearn.model.mcsd import MCSDLM
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def build_model(config: MCSDConfig, *, seed: int = 0, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MCSDLM:
+    """A freshly initialized MCSDLM; the global RNG is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MCSDLM(config)
+    if dtype is not None or device is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def save_model(model: MCSDLM, path: str | os.PathLike) -> Path:
+    """Write ``model`` to directory ``path`` atomically (temp dir + rename per file)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"model_type": "mcsd", **model.config.to_dict(), "dtype": str(model.dtype).removeprefix("torch.")}
+    _atomic_write(path / WEIGHTS_FILE, lambda tmp: st_save_model(model, tmp))
+    _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return path
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    **overrides: Any,
+):
+    """Load a model by name, from a synclearn checkpoint, or from a local HF directory.
+
+    Args:
+        name_or_path: a named size or a directory.
+        seed: initialization seed for named sizes.
+        dtype: torch dtype (or its name, e.g. "bfloat16") to cast to.
+        device: where to put the model.
+        **overrides: MCSDConfig fields to override for a named size.
+
+    Returns:
+        An ``MCSDLM`` (or an HF adapter) in eval mode.
+    """
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    key = str(name_or_path)
+    if key in NAMED_CONFIGS:
+        return build_model(named_config(key, **overrides), seed=seed, dtype=dtype, device=device)
+    path = Path(name_or_path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{key!r} is neither a known model name ({', '.join(sorted(NAMED_CONFIGS))}) "
+            f"nor a directory with a {CONFIG_FILE}"
+        )
+    data = json.loads((path / CONFIG_FILE).read_text())
+    if data.get("model_type") != "mcsd":
+        from synclearn.model.hf import load_hf_model
+
+        return load_hf_model(path, dtype=dtype, device=device)
+    saved_dtype = getattr(torch, data.pop("dtype", "float32"))
+    config = MCSDConfig.from_dict({**data, **overrides})
+    model = build_model(config, dtype=saved_dtype)
+    missing, unexpected = st_load_model(model, str(path / WEIGHTS_FILE), strict=False)
+    if unexpected or [m for m in missing if m != "lm_head.weight" or not config.tie_embeddings]:
+        raise ValueError(f"checkpoint {path} does not match its config: missing {missing}, unexpected {unexpected}")
+    if dtype is not None or device is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()

@@ -1,0 +1,276 @@
+"""MCSD language model: a linear-time mixer with a constant-size decoding state.
+
+Layer: ``x = x + MCSD(RMSNorm(x)); x = x + MLP(RMSNorm(x))``. The input [B, T, D] is split
+into C channels of Dc = D / C features. For channel i:
+
+* slope section: U = X W_U, V = X W_V, slope b_i = 2^(-8 (i+1) / C). V'_n is the softmax
+  average of strictly-past values with weights exp(-(n-m) b_i), i.e. S_n / Z_n with
+  S_n = sum_{m<n} e^{-(n-m) b_i} V_m and the data-independent Z_n = sum_{j=1..n} e^{-j b_i}.
+  out_s = SiLU(V') * U.
+* decay section: F = X W_F, E = X W_E, a_i = 1 - 2^(-5-i); E'_n = sum_{m<n} a_i^(n-m) E_m,
+  RMS-normalized per channel; out_d = E' * sigmoid(F).
+* output: out_proj(concat(out_s, out_d)).
+
+Both sections are scalar-decay scans (:mod:`synclearn.model.scan`), so the decoding state per
+layer is two [C, Dc] tensors, plus one position counter per sequence (Z_n needs n). The three
+evaluation forms -- naive (:mod:`synclearn.model.naive`), chunked (``forward``/``prefill``)
+and recurrent (``step``) -- compute the same function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from synclearn.model.config import MCSDConfig
+from synclearn.model.neurons import NeuronTrace, SelectableMLP, SparseSpec
+from synclearn.model.scan import chunk_decay_scan, recurrent_decay_step
+from synclearn.model.tokenizer import ByteTokenizer
+
+
+@dataclass
+class MCSDState:
+    """Decoding state of a whole model; its size does not grow with the context.
+
+    Attributes:
+        slope: [n_layers, B, C, Dc] unnormalized slope-section sums S_n.
+        decay: [n_layers, B, C, Dc] decay-section sums E'_n (before the norm).
+        pos: [B] int64, tokens consumed so far by each sequence.
+    """
+
+    slope: Tensor
+    decay: Tensor
+    pos: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.pos.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.slope, self.decay, self.pos))
+
+    def clone(self) -> "MCSDState":
+        return MCSDState(self.slope.clone(), self.decay.clone(), self.pos.clone())
+
+    def detach(self) -> "MCSDState":
+        return MCSDState(self.slope.detach(), self.decay.detach(), self.pos)
+
+
+class MCSDMixer(nn.Module):
+    """The MCSD token mixer (slope + decay sections). Weights: in_proj = [W_U; W_V; W_F; W_E]."""
+
+    def __init__(self, config: MCSDConfig) -> None:
+        super().__init__()
+        D, C = config.d_model, config.n_channels
+        self.n_channels, self.d_channel, self.chunk_size = C, D // C, config.chunk_size
+        self.eps = config.norm_eps
+        self.in_proj = nn.Linear(D, 4 * D, bias=False)
+        self.out_proj = nn.Linear(2 * D, D, bias=False)
+        self.e_norm_weight = nn.Parameter(torch.ones(C, D // C))
+        i = torch.arange(C, dtype=torch.float64)
+        # Fixed constants, kept in float64 outside the module's buffers so a cast of the model
+        # to bf16 cannot round a_i = 1 - 2^-14 to 1.
+        self.slope = torch.pow(2.0, -8.0 * (i + 1) / C)  # b_i
+        self.decay = 1.0 - torch.pow(2.0, -5.0 - i)  # a_i
+        self._consts: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def _constants(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(log slope-decay = -b, log decay = log a, e^-b, 1 / expm1(-b)) on device, in >= fp32."""
+        dt = dtype if dtype == torch.float64 else torch.float32
+        key = (device, dt)
+        if key not in self._consts:
+            b = self.slope
+            self._consts[key] = tuple(
+                t.to(device=device, dtype=dt) for t in (-b, torch.log(self.decay), torch.exp(-b), 1.0 / torch.expm1(-b))
+            )
+        return self._consts[key]
+
+    def _average(self, s: Tensor, pos: Tensor) -> Tensor:
+        """V' = S_n / Z_n. s: [B, T, C, Dc]; pos: [B, T] number of past tokens n."""
+        neg_b, _, exp_neg_b, inv_expm1 = self._constants(s.device, s.dtype)
+        p = pos.to(neg_b.dtype)[..., None]  # [B, T, 1]
+        # Z_p = sum_{j=1..p} e^{-jb} = e^{-b} (1 - e^{-pb}) / (1 - e^{-b}), in expm1 form.
+        z = exp_neg_b * torch.expm1(p * neg_b) * inv_expm1  # [B, T, C]
+        z = z.to(s.dtype)[..., None]
+        return torch.where(z > 0, s / torch.where(z > 0, z, torch.ones_like(z)), torch.zeros_like(s))
+
+    def _norm_e(self, e: Tensor) -> Tensor:
+        return e * torch.rsqrt(e.pow(2).mean(-1, keepdim=True) + self.eps) * self.e_norm_weight
+
+    def forward(self, x: Tensor, slope_state: Tensor | None, decay_state: Tensor | None, pos: Tensor):
+        """Chunked form. x: [B, T, D]; states: [B, C, Dc] or None; pos: [B] tokens before x.
+
+        Returns (y [B, T, D], new slope state [B, C, Dc], new decay state [B, C, Dc]).
+        """
+        B, T, D = x.shape
+        C, Dc = self.n_channels, self.d_channel
+        log_s, log_d, _, _ = self._constants(x.device, x.dtype)
+        u, v, f, e = self.in_proj(x).chunk(4, dim=-1)  # 4 x [B, T, D]
+        s_past, s_new = chunk_decay_scan(v.reshape(B, T, C, Dc), log_s, slope_state, self.chunk_size)
+        positions = pos[:, None] + torch.arange(T, device=x.device)[None, :]  # [B, T]
+        out_s = F.silu(self._average(s_past, positions).reshape(B, T, D)) * u
+        e_past, d_new = chunk_decay_scan(e.reshape(B, T, C, Dc), log_d, decay_state, self.chunk_size)
+        out_d = self._norm_e(e_past).reshape(B, T, D) * torch.sigmoid(f)
+        return self.out_proj(torch.cat([out_s, out_d], dim=-1)), s_new, d_new
+
+    def step(self, x: Tensor, slope_state: Tensor, decay_state: Tensor, pos: Tensor):
+        """Recurrent form, one token. x: [B, D]; states [B, C, Dc]; pos [B]. Same returns."""
+        B, D = x.shape
+        C, Dc = self.n_channels, self.d_channel
+        log_s, log_d, _, _ = self._constants(x.device, x.dtype)
+        u, v, f, e = self.in_proj(x).chunk(4, dim=-1)  # 4 x [B, D]
+        s_past, s_new = recurrent_decay_step(v.reshape(B, C, Dc), log_s, slope_state)
+        out_s = F.silu(self._average(s_past[:, None], pos[:, None])[:, 0].reshape(B, D)) * u
+        e_past, d_new = recurrent_decay_step(e.reshape(B, C, Dc), log_d, decay_state)
+        out_d = self._norm_e(e_past).reshape(B, D) * torch.sigmoid(f)
+        return self.out_proj(torch.cat([out_s, out_d], dim=-1)), s_new, d_new
+
+
+class MCSDBlock(nn.Module):
+    """One residual layer: mixer then selectable-neuron MLP, each behind an RMSNorm."""
+
+    def __init__(self, config: MCSDConfig) -> None:
+        super().__init__()
+        self.norm_mix = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mixer = MCSDMixer(config)
+        self.norm_mlp = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = SelectableMLP(config.d_model, config.d_ff, config.predictor_rank)
+
+    def forward(self, x, slope_state, decay_state, pos, *, sparse=None, trace=None, layer=0):
+        h, s, d = self.mixer(self.norm_mix(x), slope_state, decay_state, pos)
+        x = x + h
+        return x + self.mlp(self.norm_mlp(x), sparse=sparse, trace=trace, layer=layer), s, d
+
+    def step(self, x, slope_state, decay_state, pos, *, sparse=None):
+        h, s, d = self.mixer.step(self.norm_mix(x), slope_state, decay_state, pos)
+        x = x + h
+        return x + self.mlp(self.norm_mlp(x), sparse=sparse), s, d
+
+
+class MCSDLM(nn.Module):
+    """MCSD causal language model over the byte tokenizer.
+
+    Public surface::
+
+        logits = model(ids)                              # [B, T] -> [B, T, V]
+        logits, state = model.prefill(ids, state=None)   # chunked form + final state
+        state = model.init_state(batch_size)
+        logits, state = model.step(ids_t, state)         # [B] -> [B, V], recurrent form
+        gen = model.generate("text", max_new_tokens=64)  # see synclearn.model.generate
+    """
+
+    def __init__(self, config: MCSDConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = ByteTokenizer()
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(MCSDBlock(config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        resid_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("mixer.out_proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, 0.0, resid_std)
+            elif ".predictor." in name:
+                continue  # keeps nn.Linear's default init; trained by fit_predictor
+            elif p.dim() >= 2:
+                nn.init.normal_(p, 0.0, std)
+            else:
+                nn.init.ones_(p)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def mlps(self) -> list[SelectableMLP]:
+        """The selectable-neuron MLPs, one per layer, in order."""
+        return [b.mlp for b in self.blocks]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> MCSDState:
+        """A zero state for ``batch_size`` sequences that have seen no tokens."""
+        cfg = self.config
+        shape = (cfg.n_layers, batch_size, cfg.n_channels, cfg.d_channel)
+        device, dtype = device or self.device, dtype or self.dtype
+        return MCSDState(
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(batch_size, device=device, dtype=torch.long),
+        )
+
+    def _check_ids(self, ids: Tensor, dims: int) -> None:
+        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != dims:
+            want = "[B, T]" if dims == 2 else "[B]"
+            raise ValueError(f"expected integer token ids of shape {want}, got {getattr(ids, 'dtype', type(ids))} {tuple(getattr(ids, 'shape', ()))}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
+
+    # -- the three entry points ----------------------------------------------------------------
+    def forward(self, ids: Tensor, *, sparse: SparseSpec | None = None, trace: NeuronTrace | None = None) -> Tensor:
+        """Chunked form from an empty state. ids: [B, T] -> logits [B, T, V]."""
+        return self.prefill(ids, None, sparse=sparse, trace=trace)[0]
+
+    def prefill(
+        self,
+        ids: Tensor,
+        state: MCSDState | None = None,
+        *,
+        sparse: SparseSpec | None = None,
+        trace: NeuronTrace | None = None,
+    ) -> tuple[Tensor, MCSDState]:
+        """Chunked form continuing from ``state``. ids: [B, T] -> (logits [B, T, V], new state)."""
+        self._check_ids(ids, 2)
+        B, T = ids.shape
+        if state is not None and state.batch_size != B:
+            raise ValueError(f"state is for batch {state.batch_size}, ids have batch {B}")
+        pos = state.pos if state is not None else torch.zeros(B, dtype=torch.long, device=ids.device)
+        x = self.embed(ids)  # [B, T, D]
+        slopes, decays = [], []
+        for i, block in enumerate(self.blocks):
+            s0 = state.slope[i] if state is not None else None
+            d0 = state.decay[i] if state is not None else None
+            x, s, d = block(x, s0, d0, pos, sparse=sparse, trace=trace, layer=i)
+            slopes.append(s)
+            decays.append(d)
+        logits = self.lm_head(self.norm(x))
+        return logits, MCSDState(torch.stack(slopes), torch.stack(decays), pos + T)
+
+    def step(self, ids_t: Tensor, state: MCSDState, *, sparse: SparseSpec | None = None) -> tuple[Tensor, MCSDState]:
+        """Recurrent form: one token per sequence. ids_t: [B] -> (logits [B, V], new state)."""
+        self._check_ids(ids_t, 1)
+        if state.batch_size != ids_t.shape[0]:
+            raise ValueError(f"state is for batch {state.batch_size}, ids_t has batch {ids_t.shape[0]}")
+        x = self.embed(ids_t)  # [B, D]
+        slopes, decays = [], []
+        for i, block in enumerate(self.blocks):
+            x, s, d = block.step(x, state.slope[i], state.decay[i], state.pos, sparse=sparse)
+            slopes.append(s)
+            decays.append(d)
+        logits = self.lm_head(self.norm(x))
+        return logits, MCSDState(torch.stack(slopes), torch.stack(decays), state.pos + 1)
+
+    def generate(self, prompt: str | list[int], **kwargs: Any):
+        """Generate a continuation; see :func:`synclearn.model.generate.generate` for options."""
+        from synclearn.model.generate import generate
+
+        return generate(self, prompt, **kwargs)
