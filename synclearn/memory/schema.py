@@ -201,6 +201,32 @@ def check_openable(conn: sqlite3.Connection, path: str) -> int:
     return version
 
 
+def check_header(path: str) -> None:
+    """Checks the 100-byte SQLite header of ``path`` before SQLite opens it for writing.
+
+    A missing or empty file passes (it will become a new log). Raises
+    ``LogSchemaError`` for a non-SQLite file, another application's file, or a
+    newer schema version, without writing anything.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except FileNotFoundError:
+        return
+    if not head:
+        return
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        raise LogSchemaError(f"{path} is not a SQLite database (bad header); it was left unchanged")
+    version = int.from_bytes(head[60:64], "big", signed=True)
+    app_id = int.from_bytes(head[68:72], "big", signed=True)
+    if app_id not in (0, APPLICATION_ID) or version > SCHEMA_VERSION:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            check_openable(conn, path)  # raises the precise error
+        finally:
+            conn.close()
+
+
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Upgrades the file to ``target`` in one transaction; returns the old version.
 
@@ -263,10 +289,10 @@ def check_text(name: str, value: Any, max_bytes: int) -> str:
 
 
 def check_number(name: str, value: Any, kind: str) -> int | float:
-    """Checks a ``count`` (int >= 0) or ``real`` (finite float) field."""
+    """Checks a ``count`` (int in [0, 2**63)) or ``real`` (finite float) field."""
     if kind == "count":
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise LogInputError(f"{name} must be an int >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 2**63:
+            raise LogInputError(f"{name} must be an int >= 0 (and < 2**63), got {value!r}")
         return int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise LogInputError(f"{name} must be a finite number, got {value!r}")

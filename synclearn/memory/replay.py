@@ -1,0 +1,312 @@
+"""Replay: which logged interactions to train on again, and the batches that mix them in.
+
+The policy contract (one signature for every policy)::
+
+    policy(candidates: Candidates, k: int, rng: numpy.random.Generator, now: float) -> list[int]
+
+* ``candidates``: the rows eligible for replay (learned rows), as columns; see
+  ``Candidates``. Policies must not modify it.
+* ``k``: how many ids to return; a policy returns ``min(k, len(candidates))``
+  distinct ids, in the order it drew them.
+* ``rng``: the only source of randomness, so a seeded generator makes the
+  choice deterministic.
+* ``now``: the current time in Unix seconds (recency and retention depend on it).
+
+Policies (all sample without replacement; weighted ones by successive draws, each
+draw picking a remaining row with probability proportional to its weight):
+
+* ``uniform``: every candidate equally likely.
+* ``Reservoir(capacity)``: a bounded pool fed online with the candidates it has
+  not seen yet (Algorithm R, so every row seen so far is in the pool with
+  probability ``capacity / seen``); samples uniformly from the pool.
+* ``RecencyWeighted(half_life_s)``: weight ``0.5 ** (age / half_life_s)``.
+* ``LossPrioritized(alpha, eps)``: weight ``(loss + eps) ** alpha``; rows whose
+  loss is unknown get the largest known loss (so they are tried soon).
+* ``RetentionAware(power)``: weight ``(1 - retention) ** power``, retention from
+  the stored strength (``log.retention``): replay what has faded most.
+
+``ReplayBatchBuilder`` mixes not-yet-learned rows with replayed ones and returns
+exactly what ``Learner.step(examples)`` takes: ``[{"id", "prompt", "response"}]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from synclearn.memory.log import retention
+
+if TYPE_CHECKING:
+    from synclearn.memory.log import InteractionLog
+
+Policy = Callable[["Candidates", int, np.random.Generator, float], Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Replay metadata of N rows, one numpy array per column (no text).
+
+    Attributes:
+        ids: [N] int64 row ids, ascending.
+        created_at: [N] float64 Unix seconds.
+        loss: [N] float64 last recorded training loss, NaN if unknown.
+        replay_count: [N] int64.
+        strength: [N] float64 forgetting-curve stability in seconds.
+        rehearsed_at: [N] float64 last rehearsal (else learned, else created) time.
+    """
+
+    ids: np.ndarray
+    created_at: np.ndarray
+    loss: np.ndarray
+    replay_count: np.ndarray
+    strength: np.ndarray
+    rehearsed_at: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_matrix(cls, m: np.ndarray) -> Candidates:
+        """From a [N, 6] float64 matrix with the columns in field order."""
+        return cls(
+            ids=m[:, 0].astype(np.int64), created_at=m[:, 1].copy(), loss=m[:, 2].copy(),
+            replay_count=m[:, 3].astype(np.int64), strength=m[:, 4].copy(), rehearsed_at=m[:, 5].copy(),
+        )  # fmt: skip
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Candidates:
+        """From row dicts as ``InteractionLog`` returns them."""
+        m = [
+            (
+                r["id"], r["created_at"], r.get("loss"), r.get("replay_count", 0), r["strength"],
+                r.get("last_rehearsed_at") or r.get("learned_at") or r["created_at"],
+            )
+            for r in rows
+        ]  # fmt: skip
+        return cls.from_matrix(np.array(m, dtype=np.float64).reshape(len(m), 6))
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def weighted_sample(ids: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
+    """Successive sampling without replacement, in one pass (Efraimidis-Spirakis keys).
+
+    Drawing ``u ~ U(0,1)`` per row and taking the k largest ``log(u) / w`` gives the
+    same distribution as drawing k times, each time a remaining row with probability
+    ``w / sum(remaining w)`` (see ``weighted_sample_naive``). Zero-weight rows
+    come last, only if k exceeds the number of positive weights.
+    """
+    k = min(int(k), len(ids))
+    if k <= 0:
+        return []
+    w = np.asarray(weights, dtype=np.float64)
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError("replay weights must be finite and >= 0")
+    u = rng.random(len(ids))
+    with np.errstate(divide="ignore"):
+        keys = np.log(u) / w  # w = 0 -> -inf
+    keys[np.isnan(keys)] = -np.inf
+    top = np.argpartition(-keys, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
+    top = top[np.lexsort((ids[top], -keys[top]))]  # largest key first; ties by id
+    return [int(i) for i in ids[top]]
+
+
+def weighted_sample_naive(ids: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
+    """Reference for ``weighted_sample``: k successive draws, each proportional to weight."""
+    ids, w = list(ids), np.asarray(weights, dtype=np.float64).copy()
+    out = []
+    for _ in range(min(k, len(ids))):
+        p = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
+        j = int(rng.choice(len(w), p=p))
+        out.append(int(ids.pop(j)))
+        w = np.delete(w, j)
+    return out
+
+
+def uniform(candidates: Candidates, k: int, rng: np.random.Generator, now: float) -> list[int]:
+    """Every candidate equally likely, without replacement."""
+    k = min(int(k), len(candidates))
+    return [int(i) for i in rng.choice(candidates.ids, size=k, replace=False)] if k > 0 else []
+
+
+class RecencyWeighted:
+    """Weight ``0.5 ** (age / half_life_s)``, age = ``now - created_at`` (>= 0)."""
+
+    def __init__(self, half_life_s: float = 86_400.0) -> None:
+        if not half_life_s > 0:
+            raise ValueError(f"half_life_s must be > 0, got {half_life_s!r}")
+        self.half_life_s = float(half_life_s)
+
+    def weights(self, candidates: Candidates, now: float) -> np.ndarray:
+        age = np.maximum(now - candidates.created_at, 0.0)
+        return np.exp2(-age / self.half_life_s)
+
+    def __call__(self, candidates: Candidates, k: int, rng: np.random.Generator, now: float) -> list[int]:
+        return weighted_sample(candidates.ids, self.weights(candidates, now), k, rng)
+
+
+class LossPrioritized:
+    """Weight ``(loss + eps) ** alpha`` (prioritized replay); unknown loss -> max known loss."""
+
+    def __init__(self, alpha: float = 1.0, eps: float = 1e-3) -> None:
+        if not alpha >= 0 or not eps > 0:
+            raise ValueError(f"need alpha >= 0 and eps > 0, got alpha={alpha!r}, eps={eps!r}")
+        self.alpha, self.eps = float(alpha), float(eps)
+
+    def weights(self, candidates: Candidates, now: float) -> np.ndarray:
+        loss = np.maximum(candidates.loss, 0.0)
+        known = ~np.isnan(loss)
+        fill = loss[known].max() if known.any() else 1.0
+        return (np.where(known, loss, fill) + self.eps) ** self.alpha
+
+    def __call__(self, candidates: Candidates, k: int, rng: np.random.Generator, now: float) -> list[int]:
+        return weighted_sample(candidates.ids, self.weights(candidates, now), k, rng)
+
+
+class RetentionAware:
+    """Weight ``(1 - retention) ** power``: replay what has faded most since its last rehearsal.
+
+    If every candidate is fully retained (all weights 0), falls back to uniform.
+    ``retention_fn(strength_s, elapsed_s)`` defaults to ``log.retention``.
+    """
+
+    def __init__(self, power: float = 1.0, retention_fn: Callable[[Any, Any], Any] = retention) -> None:
+        if not power > 0:
+            raise ValueError(f"power must be > 0, got {power!r}")
+        self.power, self.retention_fn = float(power), retention_fn
+
+    def weights(self, candidates: Candidates, now: float) -> np.ndarray:
+        r = self.retention_fn(candidates.strength, now - candidates.rehearsed_at)
+        return np.clip(1.0 - r, 0.0, 1.0) ** self.power
+
+    def __call__(self, candidates: Candidates, k: int, rng: np.random.Generator, now: float) -> list[int]:
+        w = self.weights(candidates, now)
+        if len(w) and not (w > 0).any():
+            return uniform(candidates, k, rng, now)
+        return weighted_sample(candidates.ids, w, k, rng)
+
+
+class Reservoir:
+    """A bounded pool of at most ``capacity`` ids, fed online (Algorithm R); uniform draws from it.
+
+    Each call first offers the candidates with ids above the largest id seen so far
+    (the rows learned since the last call), then drops pool ids that are no longer
+    candidates (forgotten), then samples ``k`` uniformly from the pool.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        self.capacity = capacity
+        self.pool = np.empty(0, dtype=np.int64)
+        self.seen = 0  # how many ids have been offered
+        self.max_seen = -1
+
+    def offer(self, ids: np.ndarray, rng: np.random.Generator) -> None:
+        """Feeds a stream of new ids, in order. Vectorized Algorithm R."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            return
+        fill = min(self.capacity - len(self.pool), len(ids))
+        self.pool = np.concatenate([self.pool, ids[:fill]])
+        rest = ids[fill:]
+        n = self.seen + fill + 1 + np.arange(len(rest))  # 1-based position of each item in the stream
+        slot = (rng.random(len(rest)) * n).astype(np.int64)  # uniform in [0, n)
+        keep = slot < self.capacity
+        slots, items = slot[keep], rest[keep]
+        if len(slots):  # sequential replacement: the last item written to a slot wins
+            last_slot, last = np.unique(slots[::-1], return_index=True)
+            self.pool[last_slot] = items[::-1][last]
+        self.seen += len(ids)
+        self.max_seen = max(self.max_seen, int(ids.max()))
+
+    def __call__(self, candidates: Candidates, k: int, rng: np.random.Generator, now: float) -> list[int]:
+        self.offer(candidates.ids[candidates.ids > self.max_seen], rng)
+        self.pool = self.pool[np.isin(self.pool, candidates.ids)]
+        k = min(int(k), len(self.pool))
+        return [int(i) for i in rng.choice(self.pool, size=k, replace=False)] if k > 0 else []
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class ReplayBatchBuilder:
+    """Builds training batches: new (not yet learned) rows plus replayed ones.
+
+    A batch holds ``round(replay_ratio * batch_size)`` replayed rows and new rows
+    for the rest; if either kind runs short, the other fills the batch. New rows
+    are taken oldest first. ``next_batch`` only reads: calling it again before
+    ``commit`` returns the same batch (the generator is seeded by ``(seed, step)``),
+    so a failed ``Learner.step`` can simply be retried.
+
+    Args:
+        log: The interaction log.
+        policy: A replay policy (see the module docstring).
+        replay_ratio: Fraction of each batch drawn from replay, in [0, 1].
+        batch_size: Examples per batch.
+        seed: Seed of the replay draws.
+        use_corrections: Train on the user's correction instead of the logged
+            response when one exists.
+    """
+
+    def __init__(
+        self,
+        log: InteractionLog,
+        policy: Policy = uniform,
+        *,
+        replay_ratio: float = 0.5,
+        batch_size: int = 8,
+        seed: int = 0,
+        use_corrections: bool = True,
+    ) -> None:
+        if not 0.0 <= replay_ratio <= 1.0:
+            raise ValueError(f"replay_ratio must be in [0, 1], got {replay_ratio!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.log, self.policy = log, policy
+        self.replay_ratio, self.batch_size, self.seed = float(replay_ratio), batch_size, int(seed)
+        self.use_corrections = use_corrections
+        self.step = 0
+        self._pending: tuple[list[int], list[int]] | None = None
+
+    def next_batch(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The next batch: ``[{"id": int, "prompt": str, "response": str}, ...]``, new rows first."""
+        now = time.time() if now is None else now
+        rng = np.random.default_rng([self.seed, self.step])
+        new_rows = self.log.unlearned(self.batch_size)
+        candidates = self.log.replay_candidates()
+        want_replay = round(self.replay_ratio * self.batch_size)
+        n_new = min(len(new_rows), self.batch_size - min(want_replay, len(candidates)))
+        n_replay = min(len(candidates), self.batch_size - n_new)
+        replay_ids = list(self.policy(candidates, n_replay, rng, now)) if n_replay else []
+        rows = new_rows[:n_new] + self.log.get_many(replay_ids)
+        self._pending = ([r["id"] for r in new_rows[:n_new]], [r["id"] for r in rows[n_new:]])
+        return [self._example(r) for r in rows]
+
+    def _example(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        correction = row["feedback_correction"] if self.use_corrections else None
+        return {"id": row["id"], "prompt": row["prompt"], "response": correction or row["response"]}
+
+    def commit(self, batch: Sequence[Mapping[str, Any]], losses: Sequence[float] | None = None,
+               now: float | None = None) -> None:  # fmt: skip
+        """Records that ``batch`` (the last ``next_batch``) was trained on.
+
+        New rows are marked learned, replayed rows get a replay (count, strength),
+        and per-example ``losses``, if given, are stored. Advances the step.
+        """
+        ids = [int(e["id"]) for e in batch]
+        if self._pending is None or ids != self._pending[0] + self._pending[1]:
+            raise ValueError("commit() takes the batch returned by the last next_batch()")
+        new_ids, replay_ids = self._pending
+        now = time.time() if now is None else now
+        if losses is not None:
+            self.log.record_loss(ids, losses, now=now)
+        self.log.mark_learned(new_ids, now=now)
+        self.log.mark_replayed(replay_ids, now=now)
+        self._pending = None
+        self.step += 1
