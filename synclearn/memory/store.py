@@ -27,7 +27,7 @@ from typing import Any
 import sqlite_utils
 
 from synclearn.memory import schema
-from synclearn.memory.schema import LogBusyError, LogClosedError, LogError
+from synclearn.memory.schema import LogBusyError, LogClosedError, LogError, LogSchemaError
 
 SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 
@@ -66,7 +66,14 @@ class WalStore:
             conn.execute(f"PRAGMA synchronous = {synchronous}")
             conn.execute("PRAGMA secure_delete = ON")
             conn.execute("PRAGMA foreign_keys = ON")
-            self.retry(lambda: schema.migrate(conn))
+            try:
+                self.retry(lambda: schema.migrate(conn))
+            except sqlite3.DatabaseError as e:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                raise LogSchemaError(
+                    f"migrating {path} from schema version {version} to {schema.SCHEMA_VERSION} failed "
+                    f"({e}); it was rolled back and the file left at version {version}"
+                ) from e
         except BaseException:
             conn.close()
             raise
