@@ -226,10 +226,28 @@ class Reservoir:
         self.max_seen = max(self.max_seen, int(ids.max()))
 
     def __call__(self, candidates: Candidates, k: int, rng: np.random.Generator, now: float) -> list[int]:
+        """Feeds the unseen candidates, forgets deleted ids, draws k uniformly from the pool."""
         self.offer(candidates.ids[candidates.ids > self.max_seen], rng)
         self.pool = self.pool[np.isin(self.pool, candidates.ids)]
         k = min(int(k), len(self.pool))
         return [int(i) for i in rng.choice(self.pool, size=k, replace=False)] if k > 0 else []
+
+
+def reservoir_offer_naive(
+    pool: list[int], seen: int, capacity: int, ids: Sequence[int], rng: np.random.Generator
+) -> list[int]:
+    """Reference for ``Reservoir.offer``: Algorithm R, one item at a time, same random draws."""
+    pool = list(pool)
+    fill = min(capacity - len(pool), len(ids))
+    pool += [int(i) for i in ids[:fill]]
+    rest = ids[fill:]
+    u = rng.random(len(rest))
+    for j, item in enumerate(rest):
+        n = seen + fill + j + 1  # this item's 1-based position in the stream
+        slot = int(u[j] * n)  # uniform in [0, n)
+        if slot < capacity:
+            pool[slot] = int(item)
+    return pool
 
 
 # --------------------------------------------------------------------------- batches
