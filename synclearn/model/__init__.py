@@ -4,7 +4,14 @@ from synclearn.model.checkpoint import build_model, load_model, save_model
 from synclearn.model.config import NAMED_CONFIGS, ConfigError, MCSDConfig, named_config
 from synclearn.model.generate import Generation, SamplingParams, generate, stream_generate
 from synclearn.model.mcsd import MCSDLM, MCSDState
-from synclearn.model.neurons import NeuronTrace, SelectableMLP, SparseSpec, fit_predictor
+from synclearn.model.neurons import (
+    NeuronLayout,
+    NeuronTrace,
+    SelectableMLP,
+    SparseSpec,
+    fit_predictor,
+    neuron_context,
+)
 from synclearn.model.tokenizer import ByteTokenizer
 
 __all__ = [
@@ -15,6 +22,7 @@ __all__ = [
     "MCSDLM",
     "MCSDState",
     "NAMED_CONFIGS",
+    "NeuronLayout",
     "NeuronTrace",
     "SamplingParams",
     "SelectableMLP",
@@ -24,6 +32,7 @@ __all__ = [
     "generate",
     "load_model",
     "named_config",
+    "neuron_context",
     "save_model",
     "stream_generate",
 ]

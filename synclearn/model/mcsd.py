@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from synclearn.model.config import MCSDConfig
-from synclearn.model.neurons import NeuronTrace, SelectableMLP, SparseSpec
+from synclearn.model.neurons import NeuronLayout, NeuronTrace, SelectableMLP, SparseSpec
 from synclearn.model.scan import chunk_decay_scan, recurrent_decay_step
 from synclearn.model.tokenizer import ByteTokenizer
 
@@ -134,17 +134,17 @@ class MCSDMixer(nn.Module):
 class MCSDBlock(nn.Module):
     """One residual layer: mixer then selectable-neuron MLP, each behind an RMSNorm."""
 
-    def __init__(self, config: MCSDConfig) -> None:
+    def __init__(self, config: MCSDConfig, layer_index: int = 0) -> None:
         super().__init__()
         self.norm_mix = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mixer = MCSDMixer(config)
         self.norm_mlp = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.mlp = SelectableMLP(config.d_model, config.d_ff, config.predictor_rank)
+        self.mlp = SelectableMLP(config.d_model, config.d_ff, config.predictor_rank, layer_index)
 
-    def forward(self, x, slope_state, decay_state, pos, *, sparse=None, trace=None, layer=0):
+    def forward(self, x, slope_state, decay_state, pos, *, sparse=None, trace=None):
         h, s, d = self.mixer(self.norm_mix(x), slope_state, decay_state, pos)
         x = x + h
-        return x + self.mlp(self.norm_mlp(x), sparse=sparse, trace=trace, layer=layer), s, d
+        return x + self.mlp(self.norm_mlp(x), sparse=sparse, trace=trace), s, d
 
     def step(self, x, slope_state, decay_state, pos, *, sparse=None):
         h, s, d = self.mixer.step(self.norm_mix(x), slope_state, decay_state, pos)
@@ -169,7 +169,7 @@ class MCSDLM(nn.Module):
         self.config = config
         self.tokenizer = ByteTokenizer()
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(MCSDBlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(MCSDBlock(config, i) for i in range(config.n_layers))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -203,6 +203,13 @@ class MCSDLM(nn.Module):
     def mlps(self) -> list[SelectableMLP]:
         """The selectable-neuron MLPs, one per layer, in order."""
         return [b.mlp for b in self.blocks]
+
+    def neuron_layouts(self) -> list[NeuronLayout]:
+        """Where each layer's MLP neurons live (what a sparse learner updates)."""
+        return [m.layout() for m in self.mlps]
+
+    #: module names LoRA adapters attach to (peft ``target_modules``).
+    lora_targets = ("in_proj", "out_proj", "up", "down")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -249,7 +256,7 @@ class MCSDLM(nn.Module):
         for i, block in enumerate(self.blocks):
             s0 = state.slope[i] if state is not None else None
             d0 = state.decay[i] if state is not None else None
-            x, s, d = block(x, s0, d0, pos, sparse=sparse, trace=trace, layer=i)
+            x, s, d = block(x, s0, d0, pos, sparse=sparse, trace=trace)
             slopes.append(s)
             decays.append(d)
         logits = self.lm_head(self.norm(x))

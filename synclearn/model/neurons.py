@@ -14,14 +14,21 @@ Two ways to run it:
   d -> r -> d_ff scores neurons first, as in Deja Vu / PowerInfer, and only the k chosen
   rows and columns are computed). With k = d_ff both equal the dense path.
 
-What a call activated is reported through a :class:`NeuronTrace` passed with the call (never
-module state, so concurrent serving and learning threads cannot mix their records).
+What a call activated is reported through a :class:`NeuronTrace`, and a learner replaces a
+layer's computation with its own (the plastic slices) through :func:`neuron_context`. Both
+travel with the call -- an argument or a context variable, which every thread has its own
+copy of -- never as module state, so concurrent serving and learning cannot mix.
+
+:class:`NeuronLayout` names how an MLP's neurons map onto its weights; it is what lets one
+learner update the neurons of MCSD's squared-ReLU MLP and of a Llama-style gated MLP alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,15 +57,92 @@ class NeuronTrace:
 
     Attributes:
         mask: optional [B, T] token weights; only weighted tokens count (e.g. response tokens).
-        mass: layer index -> [d_ff] float32, sum over counted tokens of the activation h.
-        active: layer index -> [d_ff] float32, number of counted tokens where h > 0.
+        predicted: also record the predictor's view (``predicted_mass``), where there is one.
+        mass: layer index -> [d_ff] float32, sum over counted tokens of |h| (the activation).
+        active: layer index -> [d_ff] float32, number of counted tokens where h != 0.
+        predicted_mass: layer index -> [d_ff], the same sum for relu(predictor scores)^2.
         tokens: number of counted tokens (sum of the mask).
     """
 
     mask: Tensor | None = None
+    predicted: bool = False
     mass: dict[int, Tensor] = field(default_factory=dict)
     active: dict[int, Tensor] = field(default_factory=dict)
+    predicted_mass: dict[int, Tensor] = field(default_factory=dict)
     tokens: float = 0.0
+
+    @torch.no_grad()
+    def record(self, layer: int, h: Tensor, predicted: Tensor | None = None) -> None:
+        """Add one layer's activations h [..., d_ff] (and predictor scores) to the record."""
+        hf = h.detach().reshape(-1, h.shape[-1]).float()
+        w = None if self.mask is None else self.mask.reshape(-1).to(hf)
+        def total(values: Tensor) -> Tensor:
+            return values.sum(0) if w is None else w @ values
+        _accumulate(self.mass, layer, total(hf.abs()))
+        _accumulate(self.active, layer, total((hf != 0).float()))
+        if predicted is not None:
+            pf = squared_relu(predicted.detach().reshape(-1, h.shape[-1]).float())
+            _accumulate(self.predicted_mass, layer, total(pf))
+        self.tokens = float(hf.shape[0]) if w is None else float(w.sum())
+
+
+def _accumulate(store: dict[int, Tensor], layer: int, value: Tensor) -> None:
+    store[layer] = store[layer] + value if layer in store else value
+
+
+@dataclass(frozen=True)
+class NeuronLayout:
+    """Where an MLP's neurons live in its weights.
+
+    Attributes:
+        in_weights: the input matrices, each [d_ff, D]; row i of each belongs to neuron i
+            (squared-ReLU MLP: (up,); Llama-style: (gate, up)).
+        out_weight: [D, d_ff]; column i belongs to neuron i.
+        act: maps the pre-activations (one [..., k] tensor per input matrix) to h [..., k].
+    """
+
+    in_weights: tuple[Tensor, ...]
+    out_weight: Tensor
+    act: Callable[..., Tensor]
+
+    @property
+    def d_ff(self) -> int:
+        return self.out_weight.shape[1]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Dense evaluation: (output [..., D], activations h [..., d_ff])."""
+        h = self.act(*(F.linear(x, w) for w in self.in_weights))
+        return F.linear(h, self.out_weight), h
+
+
+MLPOverride = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class NeuronContext:
+    """What the MLPs of one call should do besides their plain computation."""
+
+    trace: NeuronTrace | None = None
+    overrides: dict[int, MLPOverride] = field(default_factory=dict)
+
+
+_CONTEXT: ContextVar[NeuronContext | None] = ContextVar("synclearn_neuron_context", default=None)
+
+
+@contextlib.contextmanager
+def neuron_context(trace: NeuronTrace | None = None, overrides: dict[int, MLPOverride] | None = None) -> Iterator[NeuronContext]:
+    """Within this block (this thread only), MLP layer ``i`` runs ``overrides[i](x)`` instead of
+    its own computation, and every dense MLP records into ``trace``."""
+    ctx = NeuronContext(trace, dict(overrides or {}))
+    token = _CONTEXT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_neuron_context() -> NeuronContext | None:
+    return _CONTEXT.get()
 
 
 def squared_relu(x: Tensor) -> Tensor:
@@ -86,24 +170,33 @@ class SelectableMLP(nn.Module):
         predictor_rank: rank of the active-neuron predictor (0: no predictor).
     """
 
-    def __init__(self, d_model: int, d_ff: int, predictor_rank: int = 0) -> None:
+    def __init__(self, d_model: int, d_ff: int, predictor_rank: int = 0, layer_index: int = 0) -> None:
         super().__init__()
-        self.d_model, self.d_ff = d_model, d_ff
+        self.d_model, self.d_ff, self.layer_index = d_model, d_ff, layer_index
         self.up = nn.Linear(d_model, d_ff, bias=False)
         self.down = nn.Linear(d_ff, d_model, bias=False)
         self.predictor = LowRankPredictor(d_model, predictor_rank, d_ff) if predictor_rank else None
 
-    def forward(
-        self, x: Tensor, *, sparse: SparseSpec | None = None, trace: NeuronTrace | None = None, layer: int = 0
-    ) -> Tensor:
-        """x: [..., D] -> [..., D]. ``sparse`` picks the sparse path; ``trace`` records activity."""
+    def layout(self) -> NeuronLayout:
+        return NeuronLayout((self.up.weight,), self.down.weight, squared_relu)
+
+    def forward(self, x: Tensor, *, sparse: SparseSpec | None = None, trace: NeuronTrace | None = None) -> Tensor:
+        """x: [..., D] -> [..., D]. ``sparse`` picks the sparse path; ``trace`` records activity
+        (so does the trace of an enclosing :func:`neuron_context`)."""
+        ctx = _CONTEXT.get()
+        if ctx is not None:
+            override = ctx.overrides.get(self.layer_index)
+            if override is not None:
+                return override(x)
+            trace = trace or ctx.trace
         if sparse is not None and sparse.k < self.d_ff:
             if trace is not None:
                 raise ValueError("a NeuronTrace needs the dense path (sparse=None)")
             return self.sparse_forward(x, sparse)
         h = squared_relu(self.up(x))  # [..., d_ff]
         if trace is not None:
-            self._record(h, trace, layer)
+            predicted = self.predictor(x) if trace.predicted and self.predictor is not None else None
+            trace.record(self.layer_index, h, predicted)
         return self.down(h)
 
     def sparse_forward(self, x: Tensor, spec: SparseSpec) -> Tensor:
@@ -124,19 +217,6 @@ class SelectableMLP(nn.Module):
         w_down = self.down.weight.t()[idx]  # (N, k, D)
         out = torch.einsum("nk,nkd->nd", h, w_down)
         return out.reshape(shape)
-
-    @torch.no_grad()
-    def _record(self, h: Tensor, trace: NeuronTrace, layer: int) -> None:
-        hf = h.detach().reshape(-1, self.d_ff).float()
-        if trace.mask is not None:
-            w = trace.mask.reshape(-1).to(hf)
-            mass, active = w @ hf, w @ (hf > 0).float()
-            tokens = float(w.sum())
-        else:
-            mass, active, tokens = hf.sum(0), (hf > 0).float().sum(0), float(hf.shape[0])
-        trace.mass[layer] = trace.mass[layer] + mass if layer in trace.mass else mass
-        trace.active[layer] = trace.active[layer] + active if layer in trace.active else active
-        trace.tokens = tokens
 
 
 def fit_predictor(mlp: SelectableMLP, xs: Tensor, *, steps: int = 300, lr: float = 1e-2, seed: int = 0) -> float:

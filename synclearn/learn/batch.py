@@ -1,0 +1,105 @@
+"""Examples -> a padded training batch with a loss mask over the response tokens.
+
+An example is ``{"prompt": str, "response": str}`` (optionally ``"id"``: the interaction id,
+and ``"weight"``: a finite number >= 0 scaling its loss) or a plain ``str`` (every token
+after the first is a target). Prompts are wrapped in the chat template, so what the model
+learns is what it will be asked in chat. Too-long examples keep their last ``max_seq_len``
+tokens (the response end is what matters).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+EXAMPLE_KEYS = {"prompt", "response", "id", "weight"}
+
+
+class LearnerInputError(ValueError):
+    """An example is malformed; nothing was learned from the batch."""
+
+
+@dataclass
+class Batch:
+    """Shapes: inputs/targets/mask [B, T]; weights [B]."""
+
+    inputs: Tensor
+    targets: Tensor
+    mask: Tensor
+    weights: Tensor
+    ids: list[int | None]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+def encode_example(tokenizer: Any, example: Any, index: int) -> tuple[list[int], list[float], float, int | None]:
+    """(token ids, per-token loss flags for the next-token targets, weight, id)."""
+    if isinstance(example, str):
+        ids = tokenizer.encode(example, bos=True)
+        return ids, [1.0] * (len(ids) - 1), 1.0, None
+    if not isinstance(example, dict):
+        raise LearnerInputError(f"example {index}: expected a dict with prompt/response or a str, got {type(example).__name__}")
+    unknown = sorted(set(example) - EXAMPLE_KEYS)
+    if unknown:
+        raise LearnerInputError(f"example {index}: unknown keys {unknown}; accepted: {sorted(EXAMPLE_KEYS)}")
+    prompt, response = example.get("prompt"), example.get("response")
+    for name, value in (("prompt", prompt), ("response", response)):
+        if not isinstance(value, str):
+            raise LearnerInputError(f"example {index}: {name} must be str, got {type(value).__name__}")
+    if not response:
+        raise LearnerInputError(f"example {index}: response is empty, there is nothing to learn")
+    weight = example.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise LearnerInputError(f"example {index}: weight={weight!r} (expected a finite number >= 0)")
+    rid = example.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, int)):
+        raise LearnerInputError(f"example {index}: id={rid!r} (expected an int)")
+    try:
+        p, r = tokenizer.turn(prompt, response)
+    except UnicodeEncodeError as err:
+        raise LearnerInputError(f"example {index}: text is not valid Unicode ({err.reason})") from None
+    ids = p + r
+    flags = [0.0] * (len(p) - 1) + [1.0] * len(r)  # target j is ids[j + 1]
+    return ids, flags, float(weight), rid
+
+
+def build_batch(tokenizer: Any, examples: Sequence[Any], *, max_seq_len: int, pad_id: int, device: torch.device) -> Batch:
+    """Validate every example first (one bad example rejects the batch), then pad on the right."""
+    if isinstance(examples, (str, dict)) or not isinstance(examples, Sequence) or not examples:
+        raise LearnerInputError("examples must be a non-empty list of examples")
+    encoded = [encode_example(tokenizer, ex, i) for i, ex in enumerate(examples)]
+    rows = []
+    for ids, flags, _, _ in encoded:
+        if len(ids) > max_seq_len + 1:
+            cut = len(ids) - (max_seq_len + 1)
+            ids, flags = ids[cut:], flags[cut:]
+        rows.append((ids, flags))
+    T = max(len(ids) for ids, _ in rows) - 1
+    if T < 1:
+        raise LearnerInputError("every example is a single token; nothing to predict")
+    inputs = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T)
+    for b, (ids, flags) in enumerate(rows):
+        n = len(ids) - 1
+        inputs[b, :n] = torch.tensor(ids[:-1])
+        targets[b, :n] = torch.tensor(ids[1:])
+        mask[b, :n] = torch.tensor(flags)
+    weights = torch.tensor([w for _, _, w, _ in encoded])
+    return Batch(inputs.to(device), targets.to(device), mask.to(device), weights.to(device), [e[3] for e in encoded])
+
+
+def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
+    """Weighted mean cross-entropy over the masked targets. logits: [B, T, V] -> scalar."""
+    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), batch.targets, reduction="none")  # [B, T]
+    per_token = batch.mask * batch.weights[:, None]
+    denom = per_token.sum()
+    if denom <= 0:
+        raise LearnerInputError("the batch has no weighted response tokens (all weights are 0)")
+    return (ce * per_token).sum() / denom

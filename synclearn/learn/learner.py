@@ -1,0 +1,298 @@
+"""The Learner: one model, one deterministic learning step, three update families.
+
+    learner = Learner(model, log, update="sparse", neuron_fraction=0.05, seed=0)
+    result = learner.step([{"prompt": "...", "response": "..."}])
+
+A step computes the loss on the response tokens, clips the gradient, refuses to commit
+anything non-finite (the step is reported as skipped; weights and optimizer state are
+untouched), and commits under the model's write lock (:mod:`synclearn.learn.guard`), raising
+the weight version by one.
+
+* ``"sparse"``: the neurons the batch activated most (per plastic layer, a ``neuron_fraction``
+  budget; see :mod:`synclearn.learn.select`) are gathered into small leaves
+  (:mod:`synclearn.learn.sparse`), updated by :class:`RowSparseAdamW`, and written back with
+  ``index_copy_``. Everything else stays bitwise unchanged.
+* ``"lora"``: peft LoRA adapters on the model's projections (``model.lora_targets``), AdamW.
+* ``"full"``: dense AdamW on every weight (the baseline).
+
+Same model, seed and examples give bitwise the same weights.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from synclearn.learn.batch import Batch, LearnerInputError, build_batch, masked_loss
+from synclearn.learn.guard import guard_for
+from synclearn.learn.optim import RowSparseAdamW
+from synclearn.learn.select import SELECTORS
+from synclearn.learn.sparse import gather_slice, plastic_forward, write_back
+from synclearn.model.neurons import NeuronTrace, neuron_context
+
+UPDATES = ("sparse", "lora", "full")
+DEFAULT_LR = {"sparse": 1e-2, "lora": 3e-3, "full": 1e-3}
+
+
+@dataclass
+class StepResult:
+    """What one ``Learner.step`` did.
+
+    Attributes:
+        loss: loss before the update (None when it could not be computed).
+        version: weight version after the step (unchanged when skipped).
+        touched: layer -> number of neurons changed (sparse) or {} (lora/full).
+        neurons: layer -> the changed neuron indices (sparse).
+        skipped: True when nothing was committed; ``reason`` says why.
+        tokens: response tokens in the batch. ids: interaction ids of the examples.
+        grad_norm: gradient norm before clipping. seconds: wall time of the step.
+    """
+
+    loss: float | None
+    version: int
+    touched: dict[int, int] = field(default_factory=dict)
+    neurons: dict[int, list[int]] = field(default_factory=dict)
+    skipped: bool = False
+    reason: str | None = None
+    tokens: int = 0
+    ids: list[int | None] = field(default_factory=list)
+    grad_norm: float | None = None
+    seconds: float = 0.0
+
+
+class Learner:
+    """Learns in place on ``model`` (MCSD or a wrapped HF causal LM).
+
+    Args:
+        model: the model to change; serving may use it at the same time.
+        log: optional :class:`~synclearn.memory.InteractionLog` to learn from.
+        update: "sparse", "lora" or "full".
+        neuron_fraction: sparse budget per plastic layer, as a share of its neurons.
+        seed: seeds neuron selection (per committed step), so runs repeat bitwise.
+        lr: learning rate (default per family: sparse 1e-2, lora 3e-3, full 1e-3).
+        betas, eps, weight_decay: AdamW settings.
+        clip_norm: gradient clipping threshold (global L2 norm; 0 disables).
+        plastic_layers: how many of the last layers may change (sparse), or explicit indices.
+        selector: "topk", "predictor" or "random" (see :mod:`synclearn.learn.select`).
+        exploration: share of the sparse budget drawn from active but not top neurons.
+        optimizer_capacity: neurons with optimizer moments per layer (default 2x the budget).
+        lora_rank, lora_alpha, lora_targets: LoRA settings (targets default to the model's).
+        max_seq_len: longest training sequence; longer examples keep their end.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        log: Any = None,
+        *,
+        update: str = "sparse",
+        neuron_fraction: float = 0.05,
+        seed: int = 0,
+        lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        clip_norm: float = 1.0,
+        plastic_layers: int | Sequence[int] = 4,
+        selector: str = "topk",
+        exploration: float = 0.1,
+        optimizer_capacity: int | None = None,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_targets: Sequence[str] | None = None,
+        max_seq_len: int = 512,
+    ) -> None:
+        n_layers = len(model.neuron_layouts())
+        bad = []
+        if update not in UPDATES:
+            bad.append(f"update={update!r} (expected one of {UPDATES})")
+        if not (isinstance(neuron_fraction, (int, float)) and 0 < neuron_fraction <= 1):
+            bad.append(f"neuron_fraction={neuron_fraction!r} (expected 0 < fraction <= 1)")
+        if selector not in SELECTORS:
+            bad.append(f"selector={selector!r} (expected one of {sorted(SELECTORS)})")
+        if not 0 <= exploration < 1:
+            bad.append(f"exploration={exploration!r} (expected 0 <= exploration < 1)")
+        if clip_norm < 0:
+            bad.append(f"clip_norm={clip_norm!r} (expected >= 0)")
+        if lr is not None and not lr > 0:
+            bad.append(f"lr={lr!r} (expected > 0)")
+        if not isinstance(max_seq_len, int) or max_seq_len < 2:
+            bad.append(f"max_seq_len={max_seq_len!r} (expected an integer >= 2)")
+        if isinstance(plastic_layers, int):
+            if plastic_layers < 1:
+                bad.append(f"plastic_layers={plastic_layers!r} (expected >= 1 or a list of layer indices)")
+            layers = list(range(max(0, n_layers - plastic_layers), n_layers))
+        else:
+            layers = sorted(set(int(i) for i in plastic_layers))
+            if not layers or any(not 0 <= i < n_layers for i in layers):
+                bad.append(f"plastic_layers={list(plastic_layers)!r} (expected indices in [0, {n_layers}))")
+        if bad:
+            raise ValueError("invalid Learner settings: " + "; ".join(bad))
+
+        self.model, self.log, self.update, self.seed = model, log, update, seed
+        self.neuron_fraction, self.selector, self.exploration = neuron_fraction, selector, exploration
+        self.clip_norm, self.max_seq_len = clip_norm, max_seq_len
+        self.plastic_layers = layers
+        self.guard = guard_for(model)
+        self.lr = lr if lr is not None else DEFAULT_LR[update]
+        self.locked: dict[int, Tensor] = {}
+        self.committed_steps = 0
+        self._lock = threading.RLock()  # one step (or forget) at a time
+        self.pad_id = getattr(model.tokenizer, "PAD", 0) or 0
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if update == "sparse":
+            layouts = model.neuron_layouts()
+            self.budget = {i: max(1, round(neuron_fraction * layouts[i].d_ff)) for i in layers}
+            capacity = optimizer_capacity or 2 * max(self.budget.values())
+            self.optimizer: Any = RowSparseAdamW(self.lr, betas, eps, weight_decay, capacity)
+            self.params: list[Tensor] = []
+        else:
+            if update == "lora":
+                self._inject_lora(lora_rank, lora_alpha, lora_targets)
+                self.params = [p for n, p in model.named_parameters() if "lora_" in n]
+            else:
+                self.params = [p for n, p in model.named_parameters() if ".predictor." not in n]
+            for p in self.params:
+                p.requires_grad_(True)
+            self.budget = {}
+            self.optimizer = torch.optim.AdamW(self.params, lr=self.lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _inject_lora(self, rank: int, alpha: float, targets: Sequence[str] | None) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        targets = list(targets or self.model.lora_targets)
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # LoRA A init is random: seed it for bitwise repeats
+            root = getattr(self.model, "hf", self.model)
+            inject_adapter_in_model(config, root)
+
+    # -- consolidation hooks (the memory manager sets these) ------------------------------------
+    def lock(self, layer: int, neurons: Tensor | Sequence[int]) -> None:
+        """Protect ``neurons`` of ``layer``: no sparse step will select them."""
+        d_ff = self.model.neuron_layouts()[layer].d_ff
+        mask = self.locked.get(layer, torch.zeros(d_ff, dtype=torch.bool))
+        mask[torch.as_tensor(neurons, dtype=torch.long)] = True
+        self.locked[layer] = mask
+
+    # -- the step ----------------------------------------------------------------------------------
+    def step(self, examples: Sequence[Any]) -> StepResult:
+        """Learn from ``examples`` (see :mod:`synclearn.learn.batch` for their form)."""
+        with self._lock:
+            t0 = time.perf_counter()
+            batch = build_batch(self.model.tokenizer, examples, max_seq_len=self.max_seq_len,
+                                pad_id=self.pad_id, device=self.model.device)
+            if self.update == "sparse":
+                result = self._sparse_step(batch)
+            else:
+                result = self._dense_step(batch)
+            result.tokens, result.ids, result.seconds = batch.tokens, batch.ids, time.perf_counter() - t0
+            return result
+
+    def _skip(self, loss: Tensor | None, reason: str, grad_norm: float | None = None) -> StepResult:
+        value = None if loss is None else float(loss.detach())
+        return StepResult(value, self.guard.version, skipped=True, reason=reason, grad_norm=grad_norm)
+
+    def _clip(self, grads: list[Tensor]) -> tuple[list[Tensor], float]:
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        if self.clip_norm and norm > self.clip_norm:
+            scale = self.clip_norm / (norm + 1e-6)
+            grads = [g * scale for g in grads]
+        return grads, norm
+
+    def _select(self, batch: Batch) -> dict[int, Tensor] | str:
+        """Neurons to update per plastic layer, or the reason the batch cannot be learned."""
+        fn, source = SELECTORS[self.selector]
+        trace = NeuronTrace(mask=batch.mask, predicted=source == "predicted_mass")
+        with torch.no_grad(), neuron_context(trace=trace):
+            self.model(batch.inputs)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.committed_steps)
+        chosen = {}
+        for layer in self.plastic_layers:
+            scores = getattr(trace, source).get(layer)
+            if scores is None:
+                raise RuntimeError(f"layer {layer} recorded no {source}; selector {self.selector!r} needs it")
+            if not torch.isfinite(scores).all():
+                return f"non-finite activations in layer {layer}"
+            chosen[layer] = fn(scores, self.budget[layer], locked=self.locked.get(layer),
+                               exploration=self.exploration, generator=gen)
+        return chosen
+
+    def _sparse_step(self, batch: Batch) -> StepResult:
+        layouts = self.model.neuron_layouts()
+        selected = self._select(batch)
+        if isinstance(selected, str):
+            return self._skip(None, selected)
+        chosen = {layer: idx for layer, idx in selected.items() if len(idx)}
+        if not chosen:
+            return self._skip(None, "no neuron of a plastic layer fired for this batch")
+        slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items()}
+        overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
+        with neuron_context(overrides=overrides):
+            loss = masked_loss(self.model(batch.inputs), batch)
+        if not torch.isfinite(loss):
+            return self._skip(loss, "non-finite loss")
+        leaves = [leaf for sl in slices.values() for leaf in sl.leaves]
+        grads = list(torch.autograd.grad(loss, leaves))
+        if not all(torch.isfinite(g).all() for g in grads):
+            return self._skip(loss, "non-finite gradient")
+        grads, norm = self._clip(grads)
+        plans, start = [], 0
+        for layer, sl in slices.items():
+            n = len(sl.leaves)
+            flat_g = sl.flat_grads(grads[start : start + n])
+            start += n
+            plans.append(self.optimizer.plan(layer, sl.idx, sl.flat(), flat_g))
+        if not all(torch.isfinite(p.new_params).all() for p in plans):
+            return self._skip(loss, "non-finite update", norm)
+        with self.guard.write() as version:
+            for plan in plans:
+                write_back(layouts[plan.layer], slices[plan.layer].idx, plan.new_params)
+                self.optimizer.commit(plan)
+        self.committed_steps += 1
+        return StepResult(float(loss.detach()), version, {l: len(i) for l, i in chosen.items()},
+                          {l: i.tolist() for l, i in chosen.items()}, grad_norm=norm)
+
+    def _dense_step(self, batch: Batch) -> StepResult:
+        loss = masked_loss(self.model(batch.inputs), batch)
+        if not torch.isfinite(loss):
+            return self._skip(loss, "non-finite loss")
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        if not all(torch.isfinite(g).all() for g in grads):
+            return self._skip(loss, "non-finite gradient")
+        grads, norm = self._clip(grads)
+        with self.guard.write() as version:
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.committed_steps += 1
+        return StepResult(float(loss.detach()), version, grad_norm=norm)
+
+    # -- state -------------------------------------------------------------------------------------
+    def training_state_bytes(self) -> int:
+        """Bytes of optimizer state held between steps."""
+        if self.update == "sparse":
+            return self.optimizer.state_bytes()
+        return sum(t.nbytes for s in self.optimizer.state.values() for t in s.values() if isinstance(t, Tensor))
+
+    def state_dict(self) -> dict:
+        return {"committed_steps": self.committed_steps, "optimizer": self.optimizer.state_dict(),
+                "locked": {k: v.clone() for k, v in self.locked.items()}, "update": self.update}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["update"] != self.update:
+            raise ValueError(f"state is for update={state['update']!r}, this learner uses {self.update!r}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.committed_steps = int(state["committed_steps"])
+        self.locked = {int(k): v.clone() for k, v in state["locked"].items()}
+
+
