@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,11 @@ def _phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
+def _next_seq(conn: sqlite3.Connection) -> int:
+    """Bumps the change counter inside the caller's transaction; returns the new value."""
+    return conn.execute("UPDATE change_counter SET seq = seq + 1 RETURNING seq").fetchone()[0]
+
+
 def _id_list(ids: Iterable[Any], name: str = "ids") -> list[int]:
     arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
     if arr.size == 0:
@@ -152,6 +158,8 @@ class InteractionLog:
             raise LogInputError(f"busy_timeout_s must be > 0, got {busy_timeout_s!r}")
         self.synchronous, self.max_text_bytes, self.busy_timeout_s = sync, max_text_bytes, float(busy_timeout_s)
         self.rehearse = rehearse
+        self._candidates_lock = threading.Lock()
+        self._candidates: tuple[Candidates | None, int, int] = (None, 0, 0)  # cache, changed_seq, audit id
         self._store = WalStore(self.path, synchronous=sync, busy_timeout_s=self.busy_timeout_s)
         try:
             self._finish_forgets()  # a delete interrupted before its WAL truncation
@@ -276,10 +284,14 @@ class InteractionLog:
         if not np.isfinite(values).all():
             raise LogInputError(f"losses must be finite, got {values[~np.isfinite(values)][:5].tolist()}")
         now = time.time() if now is None else now
-        params = [(float(v), now, i) for i, v in zip(id_list, values)]
-        return self._write(
-            lambda conn: conn.executemany("UPDATE interactions SET loss = ?, loss_at = ? WHERE id = ?", params).rowcount
-        )
+
+        def txn(conn: sqlite3.Connection) -> int:
+            seq = _next_seq(conn)
+            params = [(float(v), now, seq, i) for i, v in zip(id_list, values)]
+            sql = "UPDATE interactions SET loss = ?, loss_at = ?, changed_seq = ? WHERE id = ?"
+            return conn.executemany(sql, params).rowcount
+
+        return self._write(txn)
 
     def mark_learned(self, ids: Sequence[int], now: float | None = None) -> int:
         """Records that ``Learner.step`` trained on these rows (a first rehearsal); returns rows updated."""
@@ -287,9 +299,9 @@ class InteractionLog:
         now = time.time() if now is None else now
         return self._write(
             lambda conn: conn.execute(
-                "UPDATE interactions SET learned_at = coalesce(learned_at, ?), last_rehearsed_at = ? "
-                "WHERE id IN (SELECT value FROM json_each(?))",
-                (now, now, json.dumps(id_list)),
+                "UPDATE interactions SET learned_at = coalesce(learned_at, ?), last_rehearsed_at = ?, "
+                "changed_seq = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (now, now, _next_seq(conn), json.dumps(id_list)),
             ).rowcount
         )
 
@@ -307,10 +319,14 @@ class InteractionLog:
                 "WHERE id IN (SELECT value FROM json_each(?))",
                 (json.dumps(id_list),),
             ).fetchall()
-            updates = [(float(self.rehearse(s, now - t)), now, i) for i, s, t in rows]
+            seq = _next_seq(conn)
+            updates = [(float(self.rehearse(s, now - t)), now, seq, i) for i, s, t in rows]
+            bad = [u[0] for u in updates if not (np.isfinite(u[0]) and u[0] > 0)]
+            if bad:
+                raise LogError(f"rehearse() must return a finite strength > 0, returned {bad[0]!r}")
             conn.executemany(
-                "UPDATE interactions SET replay_count = replay_count + 1, strength = ?, last_rehearsed_at = ? "
-                "WHERE id = ?",
+                "UPDATE interactions SET replay_count = replay_count + 1, strength = ?, last_rehearsed_at = ?, "
+                "changed_seq = ? WHERE id = ?",
                 updates,
             )
             return len(updates)
@@ -355,9 +371,6 @@ class InteractionLog:
             last = rows[-1]["id"]
 
     __iter__ = iter_rows
-
-    def __len__(self) -> int:
-        return self.count()
 
     def by_session(self, session_id: str) -> list[dict[str, Any]]:
         """The session's rows in turn order."""
@@ -423,16 +436,48 @@ class InteractionLog:
             f"SELECT {_COLS} FROM interactions WHERE learned_at IS NULL ORDER BY id LIMIT ?", (int(limit),)
         )
 
-    def replay_candidates(self) -> Candidates:
-        """The learned rows' replay metadata as columns (no text), for replay policies."""
+    def replay_candidates(self, *, fresh: bool = False) -> Candidates:
+        """The learned rows' replay metadata as columns (no text), for replay policies.
+
+        Kept up to date incrementally: each call reads only the rows whose
+        ``changed_seq`` is above the last one seen, and drops the ids of forget
+        requests recorded since (both in one read transaction, so writes by other
+        threads or processes are picked up too). ``fresh=True`` reads everything
+        again (the reference the cache is tested against). Treat the result as
+        read-only; later calls return new objects.
+        """
         from synclearn.memory.replay import Candidates
 
-        rows = self._store.fetch(
-            "SELECT id, created_at, loss, replay_count, strength, "
-            "coalesce(last_rehearsed_at, learned_at, created_at) FROM interactions "
-            "WHERE learned_at IS NOT NULL ORDER BY id"
-        )
-        return Candidates.from_matrix(np.array(rows, dtype=np.float64).reshape(len(rows), 6))
+        cols = "id, created_at, loss, replay_count, strength, coalesce(last_rehearsed_at, learned_at, created_at)"
+        if fresh:
+            rows = self._store.fetch(f"SELECT {cols} FROM interactions WHERE learned_at IS NOT NULL ORDER BY id")
+            return Candidates.from_matrix(np.array(rows, dtype=np.float64).reshape(len(rows), 6))
+        with self._candidates_lock:
+            cached, seq, audit_id = self._candidates
+            conn = self._store.reader().conn
+
+            def read() -> tuple[int, list[Any], list[Any]]:
+                conn.execute("BEGIN")  # one snapshot for the three reads
+                try:
+                    now_seq = conn.execute("SELECT seq FROM change_counter").fetchone()[0]
+                    forgets = conn.execute(
+                        "SELECT id, deleted_ids FROM forget_audit WHERE id > ? ORDER BY id", (audit_id,)
+                    ).fetchall()
+                    rows = conn.execute(
+                        f"SELECT {cols} FROM interactions WHERE changed_seq > ? AND learned_at IS NOT NULL",
+                        (seq,),
+                    ).fetchall()
+                finally:
+                    conn.execute("COMMIT")
+                return now_seq, forgets, rows
+
+            now_seq, forgets, rows = self._store.retry(read)
+            if rows or forgets or cached is None:
+                drop = np.array([i for _, ids in forgets for i in json.loads(ids)], dtype=np.int64)
+                changed = Candidates.from_matrix(np.array(rows, dtype=np.float64).reshape(len(rows), 6))
+                cached = (cached or Candidates.from_matrix(np.empty((0, 6)))).updated(changed, drop)
+            self._candidates = (cached, now_seq, forgets[-1][0] if forgets else audit_id)
+            return cached
 
     def forget_audit(self) -> list[dict[str, Any]]:
         """The forget requests, oldest first (``deleted_ids`` decoded from JSON)."""

@@ -43,6 +43,7 @@ from synclearn.memory.log import retention
 if TYPE_CHECKING:
     from synclearn.memory.log import InteractionLog
 
+_FIELDS = ("ids", "created_at", "loss", "replay_count", "strength", "rehearsed_at")
 Policy = Callable[["Candidates", int, np.random.Generator, float], Sequence[int]]
 
 
@@ -77,16 +78,41 @@ class Candidates:
             replay_count=m[:, 3].astype(np.int64), strength=m[:, 4].copy(), rehearsed_at=m[:, 5].copy(),
         )  # fmt: skip
 
+    def updated(self, changed: Candidates, drop: np.ndarray) -> Candidates:
+        """A copy with ``changed``'s rows inserted or replacing the same ids, and ``drop`` ids removed."""
+        cols = {f: getattr(self, f) for f in _FIELDS}
+        if len(changed):
+            order = np.argsort(changed.ids, kind="stable")
+            new = {f: getattr(changed, f)[order] for f in _FIELDS}
+            pos = np.searchsorted(self.ids, new["ids"])
+            hit = np.zeros(len(pos), dtype=bool)
+            inside = pos < len(self.ids)
+            hit[inside] = self.ids[pos[inside]] == new["ids"][inside]
+            cols = {f: c.copy() for f, c in cols.items()}
+            for f in _FIELDS:
+                cols[f][pos[hit]] = new[f][hit]
+            if not hit.all():
+                cols = {f: np.insert(cols[f], pos[~hit], new[f][~hit]) for f in _FIELDS}
+        if len(drop):
+            pos = np.searchsorted(cols["ids"], drop)
+            inside = pos < len(cols["ids"])
+            pos = pos[inside][cols["ids"][pos[inside]] == drop[inside]]
+            cols = {f: np.delete(c, pos) for f, c in cols.items()}
+        return Candidates(**cols)
+
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Candidates:
         """From row dicts as ``InteractionLog`` returns them."""
+        def rehearsed_at(r: Mapping[str, Any]) -> float:
+            for key in ("last_rehearsed_at", "learned_at", "created_at"):
+                if r.get(key) is not None:
+                    return r[key]
+            raise KeyError("a candidate row needs created_at")
+
         m = [
-            (
-                r["id"], r["created_at"], r.get("loss"), r.get("replay_count", 0), r["strength"],
-                r.get("last_rehearsed_at") or r.get("learned_at") or r["created_at"],
-            )
+            (r["id"], r["created_at"], r.get("loss"), r.get("replay_count", 0), r["strength"], rehearsed_at(r))
             for r in rows
-        ]  # fmt: skip
+        ]
         return cls.from_matrix(np.array(m, dtype=np.float64).reshape(len(m), 6))
 
 

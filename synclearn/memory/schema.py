@@ -18,8 +18,12 @@ Tables (version 2):
 * ``sessions(id, created_at, last_active_at, next_turn)``
 * ``interactions(id, session_id, turn, prompt, response, created_at, tokens, loss,
   loss_at, feedback_score, feedback_correction, feedback_at, learned_at,
-  replay_count, strength, last_rehearsed_at)``; ids come from AUTOINCREMENT and
-  are never reused, even after a delete (the step journal refers to them).
+  replay_count, strength, last_rehearsed_at, changed_seq)``; ids come from
+  AUTOINCREMENT and are never reused, even after a delete (the step journal
+  refers to them).
+* ``change_counter(seq)``: bumped by every write that changes replay metadata
+  (learned, loss, replay count, strength); the rows it touched get
+  ``changed_seq = seq``, so a reader can fetch only what changed since it last looked.
 * ``forget_audit(id, requested_at, completed_at, selector, selector_value,
   reason, deleted_count, deleted_ids)``: what was asked and when; never the text.
 * ``interactions_fts``: FTS5 over prompt, response and correction, external
@@ -89,8 +93,12 @@ CREATE TABLE interactions (
     replay_count        INTEGER NOT NULL DEFAULT 0,
     strength            REAL NOT NULL CHECK (strength > 0),
     last_rehearsed_at   REAL,
+    changed_seq         INTEGER NOT NULL DEFAULT 0,
     UNIQUE (session_id, turn)
 );
+CREATE INDEX interactions_changed ON interactions(changed_seq);
+CREATE TABLE change_counter (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+INSERT INTO change_counter VALUES (1, 0);
 CREATE INDEX interactions_created_at ON interactions(created_at);
 CREATE INDEX interactions_unlearned ON interactions(id) WHERE learned_at IS NULL;
 CREATE INDEX interactions_feedback ON interactions(feedback_score)

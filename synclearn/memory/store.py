@@ -8,7 +8,8 @@ Contract:
   in a single ``BEGIN IMMEDIATE`` transaction and commits, or rolls back and
   re-raises. Callable from any thread.
 * Each reading thread gets its own ``query_only`` connection (wrapped in a
-  ``sqlite_utils.Database``), opened on first use, closed by ``close()``. Results
+  ``sqlite_utils.Database``), opened on first use and kept until ``close()``
+  (so use a bounded pool of threads, as servers do). Results
   are fetched completely, so no read transaction outlives a call (an open one
   would block the WAL truncation a delete needs).
 * Lock waits (``SQLITE_BUSY``) are retried for up to ``busy_timeout_s``; then

@@ -234,3 +234,43 @@ def test_builder_rejects_bad_settings(tmp_path):
             ReplayBatchBuilder(log, replay_ratio=1.5)
         with pytest.raises(ValueError, match="batch_size"):
             ReplayBatchBuilder(log, batch_size=0)
+
+
+def _assert_same(a: Candidates, b: Candidates) -> None:
+    for field in ("ids", "created_at", "loss", "replay_count", "strength", "rehearsed_at"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def test_incremental_candidates_equal_a_full_reload(tmp_path):
+    """The cached, incrementally updated candidates match a fresh read after any mix of writes."""
+    path, rng = tmp_path / "log.db", np.random.default_rng(0)
+    with InteractionLog(path) as log, InteractionLog(path) as other:  # other = another process
+        _assert_same(log.replay_candidates(), log.replay_candidates(fresh=True))  # empty
+        for step in range(60):
+            writer = other if step % 4 == 3 else log
+            op = rng.integers(6)
+            ids = log.ids()
+            some = [int(i) for i in rng.choice(ids, size=min(len(ids), int(rng.integers(1, 6))), replace=False)]
+            if op == 0 or not ids:
+                writer.append_many(dict(session_id="s", prompt=f"p{step}", response="r") for _ in range(5))
+            elif op == 1:
+                writer.mark_learned(some, now=float(step))
+            elif op == 2:
+                writer.mark_replayed(some, now=float(step) + 0.5)
+            elif op == 3:
+                writer.record_loss(some, rng.random(len(some)))
+            elif op == 4:
+                writer.delete(ids=some[:2], reason="test")
+            else:
+                writer.set_feedback(some[0], score=1.0)
+            _assert_same(log.replay_candidates(), log.replay_candidates(fresh=True))
+        assert len(log.replay_candidates()) > 0
+
+
+def test_candidates_updated_inserts_replaces_and_drops():
+    base = Candidates.from_rows([dict(id=i, created_at=float(i), strength=1.0) for i in (2, 4, 6, 8)])
+    changed = Candidates.from_rows([dict(id=i, created_at=100.0 + i, strength=2.0) for i in (9, 4, 1, 5)])
+    out = base.updated(changed, drop=np.array([6, 7, 1]))
+    assert out.ids.tolist() == [2, 4, 5, 8, 9]
+    assert out.created_at.tolist() == [2.0, 104.0, 105.0, 8.0, 109.0]
+    assert base.ids.tolist() == [2, 4, 6, 8]  # the original is untouched
