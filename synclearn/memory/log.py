@@ -17,7 +17,8 @@ Contract:
   it, and the WAL is checkpointed and truncated. Afterwards the text is in no byte
   of the ``.db``, ``-wal`` or ``-shm`` files. An audit row records the selector,
   the time and the deleted ids, never the text. If the process dies between the
-  delete's commit and the truncation, the next open finishes the job.
+  delete's commit and the truncation, the next open finishes the job. Rows leave
+  the log only through ``delete`` (the audit and the replay-candidate cache rely on it).
 * Rows are plain dicts with the keys in ``ROW_KEYS``. Times are Unix seconds.
 
 Strength model (the stored ``strength`` column): the stability ``S`` of an
