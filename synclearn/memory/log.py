@@ -453,9 +453,9 @@ class InteractionLog:
         if fresh:
             rows = self._store.fetch(f"SELECT {cols} FROM interactions WHERE learned_at IS NOT NULL ORDER BY id")
             return Candidates.from_matrix(np.array(rows, dtype=np.float64).reshape(len(rows), 6))
-        with self._candidates_lock:
+        with self._candidates_lock, self._store.reading() as db:
             cached, seq, audit_id = self._candidates
-            conn = self._store.reader().conn
+            conn = db.conn
 
             def read() -> tuple[int, list[Any], list[Any]]:
                 conn.execute("BEGIN")  # one snapshot for the three reads

@@ -18,11 +18,12 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlite_utils
@@ -56,7 +57,9 @@ class WalStore:
         self._write_lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._readers_lock = threading.RLock()
+        self._reads_done = threading.Condition(self._readers_lock)
+        self._active_reads = 0  # reads in progress on any thread; close() waits for them
 
         schema.check_header(path)  # refuse newer / foreign files before SQLite touches them
         conn = self._connect()
@@ -143,15 +146,29 @@ class WalStore:
         self.check_open()
         return self._write_lock, self._writer
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite_utils.Database]:
+        """This thread's read connection, registered as in use: ``close()`` from another
+        thread waits for the read to finish instead of closing the connection under it."""
+        with self._reads_done:
+            self.check_open()
+            self._active_reads += 1
+        try:
+            yield self.reader()
+        finally:
+            with self._reads_done:
+                self._active_reads -= 1
+                self._reads_done.notify_all()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts, read on this thread's connection."""
-        db = self.reader()
-        return self.retry(lambda: list(db.query(sql, params)))
+        with self.reading() as db:
+            return self.retry(lambda: list(db.query(sql, params)))
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows as tuples (faster than ``query`` for bulk reads)."""
-        conn = self.reader().conn
-        return self.retry(lambda: conn.execute(sql, params).fetchall())
+        with self.reading() as db:
+            return self.retry(lambda: db.conn.execute(sql, params).fetchall())
 
     def checkpoint_truncate(self) -> None:
         """Copies the WAL into the database and truncates it to zero bytes.
@@ -177,8 +194,10 @@ class WalStore:
         with self._write_lock:
             if self._closed:
                 return
-            self._closed = True
-            with self._readers_lock:
+            with self._reads_done:
+                self._closed = True  # no new reads start from here
+                if not self._reads_done.wait_for(lambda: self._active_reads == 0, self.busy_timeout_s):
+                    raise LogBusyError(f"{self.path}: reads still running after {self.busy_timeout_s}s; not closed")
                 readers, self._readers = self._readers, []
             for conn in readers:
                 conn.close()
