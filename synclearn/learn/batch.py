@@ -95,11 +95,19 @@ def build_batch(tokenizer: Any, examples: Sequence[Any], *, max_seq_len: int, pa
     return Batch(inputs.to(device), targets.to(device), mask.to(device), weights.to(device), [e[3] for e in encoded])
 
 
-def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
-    """Weighted mean cross-entropy over the masked targets. logits: [B, T, V] -> scalar."""
+def masked_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Weighted mean cross-entropy over the masked targets, and each example's own mean.
+
+    Args:
+        logits: [B, T, V].
+
+    Returns:
+        (scalar loss with grad, [B] detached per-example mean loss over its response tokens).
+    """
     ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), batch.targets, reduction="none")  # [B, T]
     per_token = batch.mask * batch.weights[:, None]
     denom = per_token.sum()
     if denom <= 0:
         raise LearnerInputError("the batch has no weighted response tokens (all weights are 0)")
-    return (ce * per_token).sum() / denom
+    per_example = (ce.detach() * batch.mask).sum(1) / batch.mask.sum(1).clamp(min=1)
+    return (ce * per_token).sum() / denom, per_example

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -35,8 +35,11 @@ from synclearn.learn.select import SELECTORS
 from synclearn.learn.sparse import gather_slice, plastic_forward, write_back
 from synclearn.model.neurons import NeuronTrace, neuron_context
 
+if TYPE_CHECKING:
+    from synclearn.learn.sync import LearnerHandle
+
 UPDATES = ("sparse", "lora", "full")
-DEFAULT_LR = {"sparse": 1e-2, "lora": 3e-3, "full": 1e-3}
+DEFAULT_LR = {"sparse": 1e-3, "lora": 3e-3, "full": 1e-3}
 
 
 @dataclass
@@ -51,6 +54,9 @@ class StepResult:
         skipped: True when nothing was committed; ``reason`` says why.
         tokens: response tokens in the batch. ids: interaction ids of the examples.
         grad_norm: gradient norm before clipping. seconds: wall time of the step.
+        scratch_bytes: memory the step allocated for learning and freed after it: gathered
+            slices and their gradients (sparse), or the gradients (lora/full).
+        example_losses: each example's mean loss over its response tokens (before the update).
     """
 
     loss: float | None
@@ -63,6 +69,8 @@ class StepResult:
     ids: list[int | None] = field(default_factory=list)
     grad_norm: float | None = None
     seconds: float = 0.0
+    scratch_bytes: int = 0
+    example_losses: list[float] = field(default_factory=list)
 
 
 class Learner:
@@ -74,7 +82,7 @@ class Learner:
         update: "sparse", "lora" or "full".
         neuron_fraction: sparse budget per plastic layer, as a share of its neurons.
         seed: seeds neuron selection (per committed step), so runs repeat bitwise.
-        lr: learning rate (default per family: sparse 1e-2, lora 3e-3, full 1e-3).
+        lr: learning rate (default per family: sparse 1e-3, lora 3e-3, full 1e-3).
         betas, eps, weight_decay: AdamW settings.
         clip_norm: gradient clipping threshold (global L2 norm; 0 disables).
         plastic_layers: how many of the last layers may change (sparse), or explicit indices.
@@ -182,6 +190,45 @@ class Learner:
         mask[torch.as_tensor(neurons, dtype=torch.long)] = True
         self.locked[layer] = mask
 
+    # -- serving and learning together ---------------------------------------------------------
+    def attach(self, session: Any, **options: Any) -> "LearnerHandle":
+        """Start learning in the background from ``session``'s log while it keeps serving.
+        ``options`` are :class:`~synclearn.learn.sync.LearnerHandle` settings."""
+        from synclearn.learn.sync import LearnerHandle
+
+        if getattr(self, "_handle", None) is not None and self._handle.attached:
+            raise RuntimeError("this learner is already attached; detach() it first")
+        self._handle = LearnerHandle(self, session, **options)
+        return self._handle
+
+    def run(self, steps: int, *, builder: Any = None, **builder_options: Any) -> list[StepResult]:
+        """Learn ``steps`` batches from the log, synchronously and deterministically.
+
+        Args:
+            steps: number of batches.
+            builder: a :class:`~synclearn.memory.ReplayBatchBuilder` (default: one over
+                ``self.log`` with ``builder_options``, kept across calls).
+        """
+        if builder is None:
+            if self.log is None:
+                raise ValueError("Learner.run needs a log: Learner(model, log, ...)")
+            if getattr(self, "_builder", None) is None:
+                from synclearn.memory.replay import ReplayBatchBuilder
+
+                builder_options.setdefault("seed", self.seed)
+                self._builder = ReplayBatchBuilder(self.log, **builder_options)
+            builder = self._builder
+        results = []
+        for _ in range(steps):
+            batch = builder.next_batch()
+            if not batch:
+                break
+            result = self.step(batch)
+            losses = result.example_losses if len(result.example_losses) == len(batch) else None
+            builder.commit(batch, losses)
+            results.append(result)
+        return results
+
     # -- the step ----------------------------------------------------------------------------------
     def step(self, examples: Sequence[Any]) -> StepResult:
         """Learn from ``examples`` (see :mod:`synclearn.learn.batch` for their form)."""
@@ -236,7 +283,7 @@ class Learner:
         slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items()}
         overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
         with neuron_context(overrides=overrides):
-            loss = masked_loss(self.model(batch.inputs), batch)
+            loss, per_example = masked_loss(self.model(batch.inputs), batch)
         if not torch.isfinite(loss):
             return self._skip(loss, "non-finite loss")
         leaves = [leaf for sl in slices.values() for leaf in sl.leaves]
@@ -256,12 +303,15 @@ class Learner:
             for plan in plans:
                 write_back(layouts[plan.layer], slices[plan.layer].idx, plan.new_params)
                 self.optimizer.commit(plan)
+            self._sync_device()
         self.committed_steps += 1
+        scratch = sum(2 * sl.nbytes() for sl in slices.values())  # leaves + their gradients
         return StepResult(float(loss.detach()), version, {l: len(i) for l, i in chosen.items()},
-                          {l: i.tolist() for l, i in chosen.items()}, grad_norm=norm)
+                          {l: i.tolist() for l, i in chosen.items()}, grad_norm=norm, scratch_bytes=scratch,
+                          example_losses=per_example.tolist())
 
     def _dense_step(self, batch: Batch) -> StepResult:
-        loss = masked_loss(self.model(batch.inputs), batch)
+        loss, per_example = masked_loss(self.model(batch.inputs), batch)
         if not torch.isfinite(loss):
             return self._skip(loss, "non-finite loss")
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -274,15 +324,25 @@ class Learner:
                 p.grad = g
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self._sync_device()
         self.committed_steps += 1
-        return StepResult(float(loss.detach()), version, grad_norm=norm)
+        scratch = sum(g.nbytes for g in grads)
+        return StepResult(float(loss.detach()), version, grad_norm=norm, scratch_bytes=scratch,
+                          example_losses=per_example.tolist())
+
+    def _sync_device(self) -> None:
+        """On CUDA, the writes must have landed before the write lock is released."""
+        if self.model.device.type == "cuda":
+            torch.cuda.current_stream().synchronize()
 
     # -- state -------------------------------------------------------------------------------------
     def training_state_bytes(self) -> int:
-        """Bytes of optimizer state held between steps."""
+        """Bytes held between steps for learning: optimizer state, plus the adapter weights
+        for LoRA (they exist only to learn)."""
         if self.update == "sparse":
             return self.optimizer.state_bytes()
-        return sum(t.nbytes for s in self.optimizer.state.values() for t in s.values() if isinstance(t, Tensor))
+        state = sum(t.nbytes for s in self.optimizer.state.values() for t in s.values() if isinstance(t, Tensor))
+        return state + (sum(p.nbytes for p in self.params) if self.update == "lora" else 0)
 
     def state_dict(self) -> dict:
         return {"committed_steps": self.committed_steps, "optimizer": self.optimizer.state_dict(),

@@ -133,6 +133,7 @@ def stream_generate(
     state: Any = None,
     stop_ids: Sequence[int] | None = None,
     decode_step: Callable[[Tensor, Any], tuple[Tensor, Any]] | None = None,
+    prefill: Callable[[Tensor, Any], tuple[Tensor, Any]] | None = None,
     result: dict | None = None,
 ) -> Iterator[str]:
     """Yield text pieces as they are generated; the final :class:`Generation` is put in
@@ -145,11 +146,13 @@ def stream_generate(
         state: state to continue from (None: a fresh one).
         stop_ids: token ids that end generation (default: the tokenizer's stop ids).
         decode_step: replaces ``model.step`` (e.g. a guarded or sparse step).
+        prefill: replaces ``model.prefill`` likewise.
         result: a dict to receive the Generation.
     """
     tok = model.tokenizer
     stop_ids = set(tok.stop_ids if stop_ids is None else stop_ids)
     step = decode_step or model.step
+    prefill = prefill or model.prefill
     gen = torch.Generator()
     if params.seed is not None:
         gen.manual_seed(params.seed)
@@ -162,7 +165,7 @@ def stream_generate(
     if not prompt:
         raise ValueError("generation needs at least one prompt token")
     with torch.inference_mode():
-        logits, state = model.prefill(torch.tensor([prompt], device=device), state)
+        logits, state = prefill(torch.tensor([prompt], device=device), state)
         logits = logits[:, -1]
         decoder, stops = tok.stream_decoder(), StopStringFilter(params.stop)
         ids: list[int] = []

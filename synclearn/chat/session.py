@@ -1,0 +1,182 @@
+"""ChatSession: multi-turn chat over a stateful model, safe to serve while a learner writes.
+
+For MCSD the recurrent state carries across turns, so a new turn costs only its own tokens
+(the history is never re-read); Hugging Face models carry their KV cache the same way.
+Every decode step and prefill runs under the model's read lock
+(:mod:`synclearn.learn.guard`), so it computes from exactly one weight version; each reply
+records the versions of its first and last token. Completed turns are appended to the
+InteractionLog (if one is given) and the reply carries the new row's id.
+
+The session also counts requests in flight (``busy``); a learner attached to it uses that to
+learn in idle time (:mod:`synclearn.learn.sync`). Turns of one session are serialized.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from synclearn.learn.guard import guard_for
+from synclearn.model.generate import SamplingParams, stream_generate
+
+
+@dataclass
+class Reply:
+    """One answer.
+
+    Attributes:
+        text: the reply. interaction_id: its log row id (None without a log).
+        versions: (weight version of the first token, of the last token).
+        prompt_tokens / completion_tokens: token counts of the turn.
+        stop_reason: "stop_token", "stop_string" or "max_tokens".
+        ttft_s: time to first token; token_times_s: seconds between successive tokens.
+    """
+
+    text: str
+    interaction_id: int | None
+    versions: tuple[int, int]
+    prompt_tokens: int
+    completion_tokens: int
+    stop_reason: str
+    ttft_s: float = 0.0
+    token_times_s: list[float] = field(default_factory=list)
+
+
+class ChatSession:
+    """A conversation with ``model`` (an MCSD model or a wrapped HF causal LM).
+
+    Args:
+        model: the stateful model; may be learning at the same time.
+        log: an :class:`~synclearn.memory.InteractionLog`, or None to log nothing.
+        session_id: the log's session id (default: a new UUID).
+        system: an optional system message opening the conversation.
+        **sampling: default :class:`SamplingParams` fields (max_new_tokens, temperature, ...).
+    """
+
+    def __init__(self, model: Any, log: Any = None, *, session_id: str | None = None, system: str | None = None,
+                 **sampling: Any) -> None:
+        self.model, self.log = model, log
+        self.session_id = session_id or uuid.uuid4().hex
+        self.system = system
+        self.defaults = SamplingParams(**sampling)
+        self.guard = guard_for(model)
+        self.tokenizer = model.tokenizer
+        self.state: Any = None
+        self.turn = 0
+        self.history: list[dict[str, str]] = []
+        self.last_reply: Reply | None = None
+        self._turn_lock = threading.Lock()
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._listeners: list = []  # called with each new interaction id (the attached learner)
+
+    # -- load signals for the learner's governor -------------------------------------------------
+    @property
+    def busy(self) -> int:
+        """Requests in flight."""
+        return self._busy
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no request is in flight (or timeout); True when idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def _enter(self) -> None:
+        with self._idle:
+            self._busy += 1
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    # -- guarded model calls -------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.model.device.type == "cuda":  # kernels must finish before the lock is released
+            torch.cuda.current_stream().synchronize()
+
+    def _prefill(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        with self.guard.read() as version:
+            out = self.model.prefill(ids, state)
+            self._sync()
+        self._versions.append(version)
+        return out
+
+    def _step(self, ids_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        with self.guard.read() as version:
+            out = self.model.step(ids_t, state)
+            self._sync()
+        self._versions.append(version)
+        self._stamps.append(time.perf_counter())
+        return out
+
+    # -- the conversation ---------------------------------------------------------------------------
+    def _prompt_ids(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"message must be str, got {type(text).__name__}")
+        messages = [{"role": "user", "content": text}]
+        prefix: list[int] = []
+        if self.state is None:
+            if self.system:
+                messages.insert(0, {"role": "system", "content": self.system})
+            bos = getattr(self.tokenizer, "BOS", None)
+            prefix = [bos] if bos is not None else []
+        return prefix + self.tokenizer.chat(messages)
+
+    def stream(self, text: str, **sampling: Any) -> Iterator[str]:
+        """Answer ``text``, yielding text pieces as they are generated; the finished
+        :class:`Reply` is ``self.last_reply`` afterwards."""
+        params = SamplingParams(**{**self.defaults.__dict__, **sampling})
+        prompt = self._prompt_ids(text)
+        self._enter()
+        try:
+            with self._turn_lock:
+                yield from self._run_turn(text, prompt, params)
+        finally:
+            self._leave()
+
+    def send(self, text: str, **sampling: Any) -> Reply:
+        """Answer ``text`` and return the whole :class:`Reply`."""
+        for _ in self.stream(text, **sampling):
+            pass
+        assert self.last_reply is not None
+        return self.last_reply
+
+    def _run_turn(self, text: str, prompt: list[int], params: SamplingParams) -> Iterator[str]:
+        self._versions: list[int] = []
+        self._stamps: list[float] = []
+        t0 = time.perf_counter()
+        result: dict = {}
+        state = self.state if self.state is not None else self.model.init_state(1)
+        yield from stream_generate(self.model, prompt, params, state=state, decode_step=self._step,
+                                   result=result, prefill=self._prefill)
+        gen = result["generation"]
+        state = gen.state
+        end = getattr(self.tokenizer, "END", None)
+        if end is not None and (not gen.ids or gen.ids[-1] != end):
+            # close the turn in the state so the next one follows the chat template
+            with torch.inference_mode():
+                _, state = self._prefill(torch.tensor([[end]], device=self.model.device), state)
+        self.state = state
+        self.turn += 1
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": gen.text}]
+        rid = None
+        if self.log is not None:
+            rid = self.log.append(session_id=self.session_id, prompt=text, response=gen.text,
+                                  tokens=len(prompt) + len(gen.ids))
+            for listener in list(self._listeners):
+                listener(rid)
+        stamps = self._stamps
+        ttft = (stamps[0] - t0) if stamps else time.perf_counter() - t0
+        self.last_reply = Reply(gen.text, rid, (self._versions[0], self._versions[-1]), len(prompt), len(gen.ids),
+                                gen.stop_reason, ttft, [b - a for a, b in zip(stamps, stamps[1:])])
+
+    def reset(self) -> None:
+        """Forget the conversation state (the log keeps what was said)."""
+        with self._turn_lock:
+            self.state, self.turn, self.history = None, 0, []

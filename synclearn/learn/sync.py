@@ -1,0 +1,199 @@
+"""SyncTrainer: learn in the background while a ChatSession keeps serving, on one device.
+
+    handle = learner.attach(session)     # starts learning from the session's log
+    handle.status()                      # steps, last loss, version, errors, time spent
+    handle.detach()                      # stops cleanly (the step in flight finishes first)
+
+There is one copy of the weights. Serving only reads, under the read lock, one decode step
+at a time; the learner writes only at commit, under the write lock (:mod:`.guard`). So no
+token is computed from a half-written update, and attach/detach never pause serving.
+
+Sharing the device:
+
+* CPU: the learner thread runs with ``learn_threads`` intra-op threads (OpenMP thread
+  counts are per thread, so serving keeps its own), and a governor makes it start steps
+  only while no request is in flight; when requests never stop, it learns anyway once it
+  has deferred ``max_defer_s`` seconds, so learning cannot starve.
+* CUDA: the learner runs on its own low-priority stream; the session serves on a
+  high-priority one (see :class:`~synclearn.chat.ChatSession`).
+
+The learner's math does not depend on serving: the batches come from the log through a
+seeded :class:`~synclearn.memory.ReplayBatchBuilder`, and a step's result depends only on its
+batch and the learner's seed. An exception or a skipped (non-finite) step never reaches the
+session: it is reported in ``status()`` and learning continues (``on_error="continue"``) or
+stops (``"stop"``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from synclearn.memory.replay import ReplayBatchBuilder, uniform
+
+
+class LearnerHandle:
+    """A learner attached to a serving session. Made by :meth:`Learner.attach`.
+
+    Args:
+        learner: the Learner.
+        session: the ChatSession being served.
+        log: the log to learn from (default: the session's, else the learner's).
+        batch_size, replay_ratio, policy, seed: the batch builder's settings.
+        learn_threads: intra-op threads of the learner thread on CPU.
+        idle_only: start steps only while the session has no request in flight.
+        max_defer_s: longest a step waits for idleness.
+        idle_replay: keep learning from replay alone when there is nothing new.
+        poll_s: how often to look for new rows when not woken by a new turn.
+        on_error: "continue" or "stop" after an exception in a step.
+        max_steps: stop after this many committed steps (None: until detached).
+    """
+
+    def __init__(self, learner: Any, session: Any, *, log: Any = None, batch_size: int = 4, replay_ratio: float = 0.5,
+                 policy: Any = uniform, seed: int | None = None, learn_threads: int = 1, idle_only: bool = True,
+                 max_defer_s: float = 2.0, idle_replay: bool = False, poll_s: float = 0.5,
+                 on_error: str = "continue", max_steps: int | None = None) -> None:
+        for candidate in (log, session.log, learner.log):
+            if candidate is not None:
+                log = candidate
+                break
+        else:
+            raise ValueError("attach needs an InteractionLog: give the session or the learner a log, or pass log=")
+        if on_error not in ("continue", "stop"):
+            raise ValueError(f"on_error={on_error!r} (expected 'continue' or 'stop')")
+        if learn_threads < 1 or max_defer_s < 0 or poll_s <= 0:
+            raise ValueError(f"learn_threads={learn_threads!r} must be >= 1, max_defer_s={max_defer_s!r} >= 0, "
+                             f"poll_s={poll_s!r} > 0")
+        self.learner, self.session, self.log = learner, session, log
+        self.builder = ReplayBatchBuilder(log, policy, replay_ratio=replay_ratio, batch_size=batch_size,
+                                          seed=learner.seed if seed is None else seed)
+        self.learn_threads, self.idle_only, self.max_defer_s = learn_threads, idle_only, max_defer_s
+        self.idle_replay, self.poll_s, self.on_error, self.max_steps = idle_replay, poll_s, on_error, max_steps
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._status: dict[str, Any] = {"attached": True, "steps": 0, "skipped": 0, "examples": 0, "last_loss": None,
+                                        "version": learner.guard.version, "errors": [], "learning_s": 0.0,
+                                        "waiting_s": 0.0, "deferred": 0, "stopped_reason": None}
+        self._listener = lambda rid: self._wake.set()
+        session._listeners.append(self._listener)
+        self._thread = threading.Thread(target=self._run, name="synclearn-learner", daemon=True)
+        self._thread.start()
+
+    # -- control --------------------------------------------------------------------------------
+    def detach(self, timeout: float | None = 60.0) -> dict[str, Any]:
+        """Stop learning; waits for the step in flight to finish. Returns the final status."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the learner did not stop within {timeout}s")
+        if self._listener in self.session._listeners:
+            self.session._listeners.remove(self._listener)
+        self.learner._handle = None
+        return self.status()
+
+    @property
+    def attached(self) -> bool:
+        return self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot: steps, skipped, examples, last_loss, version, errors, learning_s,
+        waiting_s, deferred (steps delayed by serving), attached, stopped_reason."""
+        with self._progress:
+            out = dict(self._status)
+            out["errors"] = list(out["errors"])
+        out["attached"] = self._thread.is_alive()
+        return out
+
+    def wait_for_steps(self, n: int, timeout: float) -> bool:
+        """Block until at least ``n`` steps were committed (True) or ``timeout`` (False)."""
+        with self._progress:
+            return self._progress.wait_for(lambda: self._status["steps"] >= n or not self._thread.is_alive(), timeout) \
+                and self._status["steps"] >= n
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _update(self, **changes: Any) -> None:
+        with self._progress:
+            for key, value in changes.items():
+                if key in ("steps", "skipped", "examples", "deferred"):
+                    self._status[key] += value
+                elif key in ("learning_s", "waiting_s"):
+                    self._status[key] += value
+                elif key == "error":
+                    self._status["errors"] = (self._status["errors"] + [value])[-20:]
+                else:
+                    self._status[key] = value
+            self._progress.notify_all()
+
+    def _run(self) -> None:
+        device = self.learner.model.device
+        if device.type == "cuda":
+            with torch.cuda.stream(torch.cuda.Stream(device=device, priority=0)):
+                self._loop()
+        else:
+            torch.set_num_threads(self.learn_threads)  # this thread only (OpenMP)
+            self._loop()
+
+    def _loop(self) -> None:
+        reason = "detached"
+        while not self._stop.is_set():
+            if self.max_steps is not None and self._status["steps"] >= self.max_steps:
+                reason = "max_steps"
+                break
+            try:
+                outcome = self._iteration()
+            except Exception as err:  # reported, never raised into serving
+                self._update(error=f"{type(err).__name__}: {err}")
+                self.last_error_trace = traceback.format_exc()
+                if self.on_error == "stop":
+                    reason = "error"
+                    break
+                self._stop.wait(self.poll_s)  # back off before trying again
+                continue
+            if outcome == "skipped" and self.on_error == "stop":
+                reason = "skipped"
+                break
+        self._update(stopped_reason=reason)
+
+    def _iteration(self) -> str:
+        """One governor wait + batch + step. Returns "idle", "skipped" or "learned"."""
+        t0 = time.perf_counter()
+        if self.idle_only and self.session.busy:
+            self._update(deferred=1)
+            self.session.wait_idle(self.max_defer_s)
+        if self._stop.is_set():
+            return "idle"
+        batch = self.builder.next_batch()
+        has_new = bool(self.builder._pending and self.builder._pending[0])
+        if not batch or not (has_new or self.idle_replay):
+            self._update(waiting_s=time.perf_counter() - t0)
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            return "idle"
+        self._update(waiting_s=time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        learnable = [ex for ex in batch if ex["response"]]  # an empty reply teaches nothing
+        if not learnable:
+            self.builder.commit(batch)
+            return "idle"
+        try:
+            result = self.learner.step(learnable)
+        except Exception:
+            self.builder.commit(batch)  # never retry a poisoned batch forever
+            self._update(learning_s=time.perf_counter() - t1)
+            raise
+        losses = None
+        if len(learnable) == len(batch) and len(result.example_losses) == len(batch):
+            losses = result.example_losses
+        self.builder.commit(batch, losses)
+        if result.skipped:
+            self._update(skipped=1, error=f"step skipped: {result.reason}", learning_s=time.perf_counter() - t1)
+            return "skipped"
+        self._update(steps=1, examples=len(learnable), last_loss=result.loss, version=result.version,
+                     learning_s=time.perf_counter() - t1)
+        return "learned"
