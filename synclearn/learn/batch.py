@@ -106,7 +106,7 @@ def masked_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     """
     ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), batch.targets, reduction="none")  # [B, T]
     per_token = batch.mask * batch.weights[:, None]
-    denom = per_token.sum()
+    denom = (batch.mask * batch.weights.abs()[:, None]).sum()  # negative weights: unlearning
     if denom <= 0:
         raise LearnerInputError("the batch has no weighted response tokens (all weights are 0)")
     per_example = (ce.detach() * batch.mask).sum(1) / batch.mask.sum(1).clamp(min=1)

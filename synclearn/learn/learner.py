@@ -20,6 +20,7 @@ Same model, seed and examples give bitwise the same weights.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ class Learner:
         optimizer_capacity: neurons with optimizer moments per layer (default 2x the budget).
         lora_rank, lora_alpha, lora_targets: LoRA settings (targets default to the model's).
         max_seq_len: longest training sequence; longer examples keep their end.
+        journal: a :class:`~synclearn.memory.journal.StepJournal` (or a directory for one) that
+            records every committed step for exact forgetting; None keeps no journal.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class Learner:
         lora_alpha: float = 16.0,
         lora_targets: Sequence[str] | None = None,
         max_seq_len: int = 512,
+        journal: Any = None,
     ) -> None:
         n_layers = len(model.neuron_layouts())
         bad = []
@@ -149,9 +153,19 @@ class Learner:
         self.guard = guard_for(model)
         self.lr = lr if lr is not None else DEFAULT_LR[update]
         self.locked: dict[int, Tensor] = {}
+        self.lr_scale: dict[int, Tensor] = {}  # per-neuron learning-rate factors (consolidation damping)
+        self.step_observers: list[Any] = []  # called with (layer, neurons, flat grads) per sparse commit
+        self.regularizers: list[Any] = []  # callables -> scalar added to the loss (EWC/MAS for LoRA/full)
         self.committed_steps = 0
         self._lock = threading.RLock()  # one step (or forget) at a time
         self.pad_id = getattr(model.tokenizer, "PAD", 0) or 0
+        if journal is not None and not hasattr(journal, "record"):
+            from synclearn.memory.journal import StepJournal
+
+            journal = StepJournal(journal)
+        self.journal = journal
+        self.persist: Any = None  # callable writing a checkpoint; forget() calls it at its commit point
+        self.forget_epoch: str | None = None  # id of the last exact forget (persisted with the state)
 
         for p in model.parameters():
             p.requires_grad_(False)
@@ -159,6 +173,9 @@ class Learner:
             layouts = model.neuron_layouts()
             self.budget = {i: max(1, round(neuron_fraction * layouts[i].d_ff)) for i in layers}
             capacity = optimizer_capacity or 2 * max(self.budget.values())
+            if capacity < max(self.budget.values()):
+                raise ValueError(f"optimizer_capacity={capacity} is below the per-layer neuron budget "
+                                 f"{max(self.budget.values())}; it must hold at least one step's neurons")
             self.optimizer: Any = RowSparseAdamW(self.lr, betas, eps, weight_decay, capacity)
             self.params: list[Tensor] = []
         else:
@@ -229,6 +246,22 @@ class Learner:
             results.append(result)
         return results
 
+    # -- forgetting ------------------------------------------------------------------------------
+    def forget(self, ids: Sequence[int] | None = None, *, session_id: str | None = None, match: str | None = None,
+               mode: str = "exact", **options: Any):
+        """Forget records: out of the log for real, out of the weights exactly or approximately.
+        Returns a verified :class:`~synclearn.learn.forget.ForgetReport`; see that module."""
+        from synclearn.learn.forget import forget
+
+        return forget(self, ids=ids, session_id=session_id, match=match, mode=mode, **options)
+
+    def recover(self) -> str:
+        """Finish or discard a forget interrupted by a crash (call after loading state)."""
+        from synclearn.learn.forget import recover
+
+        with self._lock:
+            return recover(self)
+
     # -- the step ----------------------------------------------------------------------------------
     def step(self, examples: Sequence[Any]) -> StepResult:
         """Learn from ``examples`` (see :mod:`synclearn.learn.batch` for their form)."""
@@ -236,16 +269,21 @@ class Learner:
             t0 = time.perf_counter()
             batch = build_batch(self.model.tokenizer, examples, max_seq_len=self.max_seq_len,
                                 pad_id=self.pad_id, device=self.model.device)
+            index = self.committed_steps
             if self.update == "sparse":
-                result = self._sparse_step(batch)
+                result, undo = self._sparse_step(batch)
             else:
-                result = self._dense_step(batch)
+                result, undo = self._dense_step(batch)
+            if undo is not None and self.journal is not None:
+                from synclearn.memory.journal import StepRecord
+
+                self.journal.record(StepRecord(index, list(examples), undo))
             result.tokens, result.ids, result.seconds = batch.tokens, batch.ids, time.perf_counter() - t0
             return result
 
-    def _skip(self, loss: Tensor | None, reason: str, grad_norm: float | None = None) -> StepResult:
+    def _skip(self, loss: Tensor | None, reason: str, grad_norm: float | None = None) -> tuple[StepResult, None]:
         value = None if loss is None else float(loss.detach())
-        return StepResult(value, self.guard.version, skipped=True, reason=reason, grad_norm=grad_norm)
+        return StepResult(value, self.guard.version, skipped=True, reason=reason, grad_norm=grad_norm), None
 
     def _clip(self, grads: list[Tensor]) -> tuple[list[Tensor], float]:
         norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
@@ -272,7 +310,7 @@ class Learner:
                                exploration=self.exploration, generator=gen)
         return chosen
 
-    def _sparse_step(self, batch: Batch) -> StepResult:
+    def _sparse_step(self, batch: Batch) -> tuple[StepResult, dict | None]:
         layouts = self.model.neuron_layouts()
         selected = self._select(batch)
         if isinstance(selected, str):
@@ -291,27 +329,38 @@ class Learner:
         if not all(torch.isfinite(g).all() for g in grads):
             return self._skip(loss, "non-finite gradient")
         grads, norm = self._clip(grads)
-        plans, start = [], 0
+        plans, flat_grads, start = [], {}, 0
         for layer, sl in slices.items():
             n = len(sl.leaves)
-            flat_g = sl.flat_grads(grads[start : start + n])
+            flat_grads[layer] = sl.flat_grads(grads[start : start + n])
             start += n
-            plans.append(self.optimizer.plan(layer, sl.idx, sl.flat(), flat_g))
+            scale = self.lr_scale[layer][sl.idx.cpu()].to(sl.idx.device) if layer in self.lr_scale else None
+            plans.append(self.optimizer.plan(layer, sl.idx, sl.flat(), flat_grads[layer], lr_scale=scale))
         if not all(torch.isfinite(p.new_params).all() for p in plans):
             return self._skip(loss, "non-finite update", norm)
+        undo = None
+        if self.journal is not None:
+            undo = {"kind": "sparse", "layers": {
+                p.layer: {"idx": slices[p.layer].idx.cpu(), "rows": slices[p.layer].flat().cpu(),
+                          "optimizer": self.optimizer.snapshot(p)} for p in plans}}
         with self.guard.write() as version:
             for plan in plans:
                 write_back(layouts[plan.layer], slices[plan.layer].idx, plan.new_params)
                 self.optimizer.commit(plan)
             self._sync_device()
+        for observe in self.step_observers:
+            for layer, sl in slices.items():
+                observe(layer, sl.idx, flat_grads[layer])
         self.committed_steps += 1
         scratch = sum(2 * sl.nbytes() for sl in slices.values())  # leaves + their gradients
         return StepResult(float(loss.detach()), version, {l: len(i) for l, i in chosen.items()},
                           {l: i.tolist() for l, i in chosen.items()}, grad_norm=norm, scratch_bytes=scratch,
-                          example_losses=per_example.tolist())
+                          example_losses=per_example.tolist()), undo
 
-    def _dense_step(self, batch: Batch) -> StepResult:
+    def _dense_step(self, batch: Batch) -> tuple[StepResult, dict | None]:
         loss, per_example = masked_loss(self.model(batch.inputs), batch)
+        for regularizer in self.regularizers:
+            loss = loss + regularizer()
         if not torch.isfinite(loss):
             return self._skip(loss, "non-finite loss")
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -319,6 +368,10 @@ class Learner:
         if not all(torch.isfinite(g).all() for g in grads):
             return self._skip(loss, "non-finite gradient")
         grads, norm = self._clip(grads)
+        undo = None
+        if self.journal is not None:
+            undo = {"kind": "dense", "params": [p.detach().cpu().clone() for p in self.params],
+                    "optimizer": copy.deepcopy(self.optimizer.state_dict())}
         with self.guard.write() as version:
             for p, g in zip(self.params, grads):
                 p.grad = g
@@ -328,7 +381,23 @@ class Learner:
         self.committed_steps += 1
         scratch = sum(g.nbytes for g in grads)
         return StepResult(float(loss.detach()), version, grad_norm=norm, scratch_bytes=scratch,
-                          example_losses=per_example.tolist())
+                          example_losses=per_example.tolist()), undo
+
+    def undo(self, undo: dict) -> None:
+        """Put back what one journaled step overwrote (weights and optimizer rows), under the
+        write lock. Steps must be undone newest first."""
+        with self.guard.write():
+            if undo["kind"] == "sparse":
+                layouts = self.model.neuron_layouts()
+                for layer, rec in undo["layers"].items():
+                    write_back(layouts[layer], rec["idx"], rec["rows"].to(self.model.device))
+                    self.optimizer.restore(layer, rec["optimizer"])
+            else:
+                with torch.no_grad():
+                    for p, old in zip(self.params, undo["params"]):
+                        p.copy_(old.to(p.device))
+                self.optimizer.load_state_dict(undo["optimizer"])
+            self._sync_device()
 
     def _sync_device(self) -> None:
         """On CUDA, the writes must have landed before the write lock is released."""
@@ -346,7 +415,8 @@ class Learner:
 
     def state_dict(self) -> dict:
         return {"committed_steps": self.committed_steps, "optimizer": self.optimizer.state_dict(),
-                "locked": {k: v.clone() for k, v in self.locked.items()}, "update": self.update}
+                "locked": {k: v.clone() for k, v in self.locked.items()}, "update": self.update,
+                "lr_scale": {k: v.clone() for k, v in self.lr_scale.items()}, "forget_epoch": self.forget_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         if state["update"] != self.update:
@@ -354,5 +424,7 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.committed_steps = int(state["committed_steps"])
         self.locked = {int(k): v.clone() for k, v in state["locked"].items()}
+        self.lr_scale = {int(k): v.clone() for k, v in state.get("lr_scale", {}).items()}
+        self.forget_epoch = state.get("forget_epoch")
 
 

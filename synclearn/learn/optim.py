@@ -71,8 +71,9 @@ class RowSparseAdamW:
         self.lr, self.betas, self.eps, self.weight_decay, self.capacity = lr, betas, eps, weight_decay, capacity
         self.tables: dict[int, _Table] = {}
 
-    def plan(self, layer: int, neurons: Tensor, params: Tensor, grads: Tensor) -> RowPlan:
-        """The AdamW step for ``neurons`` [k] with rows ``params``/``grads`` [k, width]."""
+    def plan(self, layer: int, neurons: Tensor, params: Tensor, grads: Tensor, lr_scale: Tensor | None = None) -> RowPlan:
+        """The AdamW step for ``neurons`` [k] with rows ``params``/``grads`` [k, width];
+        ``lr_scale`` [k] optionally scales each row's learning rate (consolidation damping)."""
         ids = [int(i) for i in neurons]
         if len(ids) > self.capacity:
             raise ValueError(f"{len(ids)} neurons in one step exceed the optimizer capacity {self.capacity}")
@@ -92,7 +93,8 @@ class RowSparseAdamW:
         v = b2 * v + (1 - b2) * g * g
         m_hat = m / (1 - b1 ** t.double()).to(m.dtype)[:, None]
         v_hat = v / (1 - b2 ** t.double()).to(m.dtype)[:, None]
-        new = p * (1 - self.lr * self.weight_decay) - self.lr * m_hat / (v_hat.sqrt() + self.eps)
+        lr = self.lr if lr_scale is None else self.lr * lr_scale.to(p.dtype)[:, None]
+        new = p * (1 - lr * self.weight_decay) - lr * m_hat / (v_hat.sqrt() + self.eps)
         evict: list[int] = []
         if table is not None:
             new_ids = [n for n in ids if n not in table.slots]
@@ -124,6 +126,40 @@ class RowSparseAdamW:
             slots.append(slot)
         index = torch.tensor(slots, dtype=torch.long, device=table.m.device)
         table.m[index], table.v[index], table.t[index] = plan.m, plan.v, plan.t
+
+    # -- undo (the step journal) ---------------------------------------------------------------
+    def snapshot(self, plan: RowPlan) -> dict:
+        """What ``commit(plan)`` will overwrite: the table's LRU order and the moments of the
+        touched and evicted neurons that have them. Take it before the commit."""
+        table = self.tables.get(plan.layer)
+        if table is None:
+            return {"order": [], "neurons": [], "m": None, "v": None, "t": None}
+        have = [n for n in dict.fromkeys([*plan.neurons, *plan.evict]) if n in table.slots]
+        slots = torch.tensor([table.slots[n] for n in have], dtype=torch.long)
+        return {"order": list(table.slots), "neurons": have, "m": table.m[slots].clone(),
+                "v": table.v[slots].clone(), "t": table.t[slots].clone()}
+
+    def restore(self, layer: int, snap: dict) -> None:
+        """Put a layer's table back to what :meth:`snapshot` saw."""
+        table = self.tables.get(layer)
+        if table is None:
+            return
+        keep = set(snap["order"])
+        for n in [n for n in table.slots if n not in keep]:  # added by the undone step
+            slot = table.slots.pop(n)
+            table.m[slot].zero_()
+            table.v[slot].zero_()
+            table.t[slot] = 0
+            table.free.append(slot)
+        slots = OrderedDict()
+        for n in snap["order"]:
+            slots[n] = table.slots[n] if n in table.slots else table.free.pop()  # evicted ones come back
+        table.slots = slots
+        if snap["neurons"]:
+            index = torch.tensor([slots[n] for n in snap["neurons"]], dtype=torch.long, device=table.m.device)
+            table.m[index], table.v[index], table.t[index] = snap["m"], snap["v"], snap["t"]
+        if not table.slots:
+            del self.tables[layer]
 
     # -- inspection and persistence ------------------------------------------------------------
     def tracked(self, layer: int) -> list[int]:

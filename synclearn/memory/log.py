@@ -502,6 +502,40 @@ class InteractionLog:
 
     # ------------------------------------------------------------------ forgetting
 
+    def _selector(
+        self, ids: Sequence[int] | None, session_id: str | None, match: str | None
+    ) -> tuple[str, str | None, str, tuple[Any, ...]]:
+        """(selector name, audit value, SQL finding the ids, its params) for exactly one selector."""
+        given = [n for n, v in (("ids", ids), ("session", session_id), ("match", match)) if v is not None]
+        if len(given) != 1:
+            raise LogInputError(f"give exactly one of ids, session_id, match; got {given or 'none'}")
+        selector = given[0]
+        if selector == "ids":
+            value: str | None = json.dumps(sorted(set(_id_list(ids))))  # type: ignore[arg-type]
+            find, params = "SELECT id FROM interactions WHERE id IN (SELECT value FROM json_each(?))", (value,)
+        elif selector == "session":
+            value = schema.check_session_id(session_id)
+            find, params = "SELECT id FROM interactions WHERE session_id = ?", (value,)
+        else:
+            schema.check_text("match", match, self.max_text_bytes)
+            if not match.strip():  # type: ignore[union-attr]
+                raise LogInputError("match text is empty")
+            value = None  # the text asked to forget is never stored
+            find = (
+                "SELECT rowid FROM interactions_fts WHERE interactions_fts MATCH ? UNION "
+                "SELECT id FROM interactions WHERE instr(prompt, ?) OR instr(response, ?) "
+                "OR instr(coalesce(feedback_correction, ''), ?)"
+            )
+            params = (_phrase(match), match, match, match)  # type: ignore[arg-type]
+        return selector, value, find, params
+
+    def select_ids(
+        self, ids: Sequence[int] | None = None, *, session_id: str | None = None, match: str | None = None
+    ) -> list[int]:
+        """The ids ``delete`` would remove for the same selector (existing rows only), sorted."""
+        _, _, find, params = self._selector(ids, session_id, match)
+        return sorted(r[0] for r in self._store.fetch(find, params))
+
     def delete(
         self,
         ids: Sequence[int] | None = None,
@@ -523,28 +557,8 @@ class InteractionLog:
             LogBusyError: The rows are deleted but a reader kept the WAL from being
                 truncated; the next ``delete`` or open finishes it.
         """
-        given = [n for n, v in (("ids", ids), ("session", session_id), ("match", match)) if v is not None]
-        if len(given) != 1:
-            raise LogInputError(f"delete needs exactly one of ids, session_id, match; got {given or 'none'}")
-        selector = given[0]
+        selector, value, find, params = self._selector(ids, session_id, match)
         schema.check_text("reason", reason, 4096)
-        if selector == "ids":
-            value: str | None = json.dumps(sorted(set(_id_list(ids))))  # type: ignore[arg-type]
-            find, params = "SELECT id FROM interactions WHERE id IN (SELECT value FROM json_each(?))", (value,)
-        elif selector == "session":
-            value = schema.check_session_id(session_id)
-            find, params = "SELECT id FROM interactions WHERE session_id = ?", (value,)
-        else:
-            schema.check_text("match", match, self.max_text_bytes)
-            if not match.strip():  # type: ignore[union-attr]
-                raise LogInputError("match text is empty")
-            value = None  # the text asked to forget is never stored
-            find = (
-                "SELECT rowid FROM interactions_fts WHERE interactions_fts MATCH ? UNION "
-                "SELECT id FROM interactions WHERE instr(prompt, ?) OR instr(response, ?) "
-                "OR instr(coalesce(feedback_correction, ''), ?)"
-            )
-            params = (_phrase(match), match, match, match)  # type: ignore[arg-type]
         requested_at = time.time()
 
         def txn(conn: sqlite3.Connection) -> list[int]:
