@@ -1,0 +1,371 @@
+"""Runtime: one served model with its log, its learner and its checkpoints.
+
+The terminal chat and the server are thin layers over this object::
+
+    rt = Runtime.open("mcsd-tiny", "data/")     # data/log.db + data/checkpoint/ (restored if present)
+    chat = rt.new_session()                     # a ChatSession logging into rt.log
+    rt.attach(batch_size=4)                     # learn in the background while chats are served
+    rt.feedback(chat.session_id, score=1.0)     # on the session's last answer
+    rt.forget(chat.session_id, match="Ada")     # only this session's rows
+    rt.status(); rt.save(); rt.close()          # close: detach, checkpoint, close the log
+
+Scoping: every call that touches logged rows takes the caller's ``session_id`` and only ever
+selects rows of that session (ids of other sessions are reported as not found).
+
+Many sessions, one learner: :class:`~synclearn.learn.sync.LearnerHandle` attaches to one
+"session" and uses its ``log``, ``busy``, ``wait_idle`` and ``_listeners``. :class:`ServingLoad`
+offers exactly that surface, summed over every session the runtime made, so the learner's
+governor yields to all of them.
+
+Restart: :meth:`Runtime.open` restores the last checkpoint (model, learner state, weight
+version). Rows the log marks as learned after that checkpoint's snapshot were learned by
+steps the checkpoint does not hold; they are marked unlearned again so the learner takes
+them as new.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from synclearn.chat.checkpoint import CheckpointStore
+from synclearn.chat.session import ChatSession
+from synclearn.learn import Learner, guard_for
+from synclearn.memory import InteractionLog
+
+# A generated NUL cannot be logged (the log rejects NUL in text), so replies end there.
+SAFE_STOPS: tuple[str, ...] = ("\x00",)
+ATTACH_OPTIONS = ("batch_size", "replay_ratio", "idle_replay", "max_steps", "max_defer_s", "poll_s", "learn_threads",
+                  "idle_only", "on_error", "seed")
+FORGET_MODES = ("exact", "approximate")
+
+
+class NotFound(LookupError):
+    """The caller's session has no such row."""
+
+
+class Conflict(RuntimeError):
+    """The request does not fit the current state (e.g. attach while attached)."""
+
+
+def with_safe_stops(stop: Any) -> list[str]:
+    """``stop`` (None, a string or a list) plus :data:`SAFE_STOPS`."""
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    return stops + [s for s in SAFE_STOPS if s not in stops]
+
+
+class ServingLoad:
+    """What a LearnerHandle needs from the session it is attached to, over many sessions.
+
+    Attributes:
+        log: the log the learner reads. busy: requests in flight over all sessions.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self._listeners: list = []
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def enter(self) -> None:
+        with self._idle:
+            self._busy += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    def notify(self, rid: int) -> None:
+        """Called by each watched ChatSession with every new row id."""
+        for listener in list(self._listeners):
+            listener(rid)
+
+    def watch(self, chat: ChatSession) -> None:
+        chat._listeners.append(self.notify)
+
+
+def _relearn_after(log: InteractionLog, t: float) -> int:
+    """Mark rows learned after time ``t`` as unlearned; returns how many.
+
+    Uses the log's writer directly: the log has no public "unlearn" call yet.
+    """
+
+    def txn(conn: Any) -> int:
+        seq = conn.execute("UPDATE change_counter SET seq = seq + 1 RETURNING seq").fetchone()[0]
+        return conn.execute("UPDATE interactions SET learned_at = NULL, last_rehearsed_at = NULL, changed_seq = ? "
+                            "WHERE learned_at > ?", (seq, float(t))).rowcount
+
+    return log._write(txn)
+
+
+class Runtime:
+    """A model served to many sessions, with its log, learner and checkpoints.
+
+    Args:
+        model: the served model. log: its InteractionLog. learner: a Learner on ``model``.
+        base: what ``load_model`` was given (recorded in checkpoints).
+        seed: the seed of a named size.
+        checkpoints: where to checkpoint (None: never).
+        checkpoint_every_s: autosave period when weights changed (None or 0: only on save/close).
+    """
+
+    def __init__(self, model: Any, log: InteractionLog, learner: Learner, *, base: str = "mcsd-tiny", seed: int = 0,
+                 checkpoints: CheckpointStore | None = None, checkpoint_every_s: float | None = None) -> None:
+        self.model, self.log, self.learner = model, log, learner
+        self.base, self.seed, self.checkpoints = str(base), seed, checkpoints
+        self.guard = guard_for(model)
+        self.load = ServingLoad(log)
+        self.handle: Any = None
+        self.attach_options: dict[str, Any] = {}
+        self.last_checkpoint: dict | None = checkpoints.manifest() if checkpoints else None
+        self._control = threading.RLock()  # attach / detach / forget / save / close, one at a time
+        self._closed = False
+        self._stop = threading.Event()
+        self._autosave: threading.Thread | None = None
+        if checkpoints is not None and checkpoint_every_s:
+            self._autosave = threading.Thread(target=self._autosave_loop, args=(float(checkpoint_every_s),),
+                                              name="synclearn-checkpoint", daemon=True)
+            self._autosave.start()
+
+    @classmethod
+    def open(cls, model: str | os.PathLike = "mcsd-tiny", data_dir: str | os.PathLike = "synclearn-data", *,
+             seed: int = 0, device: str | None = None, learner: dict | None = None,
+             checkpoint_every_s: float | None = 60.0, keep: int = 2, log_synchronous: str = "NORMAL") -> "Runtime":
+        """Open ``data_dir`` (``log.db`` and ``checkpoint/``), restoring the last checkpoint.
+
+        Args:
+            model: a named size or a model directory (see ``load_model``).
+            data_dir: where the log and checkpoints live (created if missing).
+            seed: initialization seed of a named size; the learner's seed by default.
+            device: where to put the model.
+            learner: Learner settings (``update``, ``neuron_fraction``, ``lr``, ...).
+            checkpoint_every_s: autosave period (None or 0: only on save/close).
+            keep: checkpoint folders to keep.
+            log_synchronous: the log's fsync policy (``"NORMAL"`` survives a killed process).
+
+        Raises:
+            ValueError: the checkpoint in ``data_dir`` was made from another model.
+        """
+        from synclearn.model import load_model
+
+        data = Path(data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        options = {"seed": seed, **(learner or {})}
+        store = CheckpointStore(data / "checkpoint", keep=keep)
+        manifest = store.manifest()
+        if manifest is not None and manifest["base"] != str(model):
+            raise ValueError(f"the checkpoint in {store.root} continues {manifest['base']!r}, not {str(model)!r}; "
+                             f"pass model={manifest['base']!r} or use another data directory")
+        log = InteractionLog(data / "log.db", synchronous=log_synchronous)
+        try:
+            if manifest is None:
+                net = load_model(model, seed=seed, device=device)
+                learn = Learner(net, log, **options)
+            else:
+                net, learn, manifest = store.restore(lambda m: Learner(m, log, **options), device=device)
+                _relearn_after(log, manifest["saved_at"])
+        except BaseException:
+            log.close()
+            raise
+        return cls(net, log, learn, base=str(model), seed=seed, checkpoints=store,
+                   checkpoint_every_s=checkpoint_every_s)
+
+    # -- sessions -----------------------------------------------------------------------------------
+    def new_session(self, session_id: str | None = None, *, system: str | None = None, **sampling: Any) -> ChatSession:
+        """A ChatSession on the model, logging into the runtime's log, watched by the learner."""
+        chat = ChatSession(self.model, self.log, session_id=session_id, system=system, **sampling)
+        self.load.watch(chat)
+        return chat
+
+    @property
+    def version(self) -> int:
+        """The current weight version."""
+        return self.guard.version
+
+    # -- the learner ----------------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return self.handle is not None and self.handle.attached
+
+    def attach(self, **options: Any) -> dict:
+        """Start learning in the background (options: :data:`ATTACH_OPTIONS`); returns the status.
+
+        Raises:
+            Conflict: already attached. ValueError: a bad option.
+        """
+        unknown = sorted(set(options) - set(ATTACH_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown attach options {unknown}; accepted: {list(ATTACH_OPTIONS)}")
+        with self._control:
+            self._check_open()
+            if self.attached:
+                raise Conflict("the learner is already attached; detach it first")
+            self.handle = self.learner.attach(self.load, **options)
+            self.attach_options = dict(options)
+        return self.status()
+
+    def detach(self) -> dict:
+        """Stop learning (the step in flight finishes first); returns the status. Idempotent."""
+        with self._control:
+            if self.handle is not None:
+                self.handle.detach()
+        return self.status()
+
+    def status(self) -> dict:
+        """Weight version, learner state and steps, log size, last checkpoint."""
+        handle = self.handle
+        out = {"weight_version": self.version, "attached": self.attached, "update": self.learner.update,
+               "committed_steps": self.learner.committed_steps, "log_rows": self.log.count(),
+               "learner": handle.status() if handle is not None else None,
+               "attach_options": dict(self.attach_options) if handle is not None else None,
+               "checkpoint": None}
+        if self.last_checkpoint is not None:
+            keys = ("seq", "weight_version", "committed_steps", "saved_at")
+            out["checkpoint"] = {k: self.last_checkpoint[k] for k in keys}
+        return out
+
+    # -- feedback and forgetting ----------------------------------------------------------------------
+    def _own_rows(self, session_id: str) -> list[dict]:
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
+        return self.log.by_session(session_id)
+
+    def feedback(self, session_id: str, interaction_id: int | None = None, *, score: float | None = None,
+                 correction: str | None = None) -> dict:
+        """Feedback on one of the session's answers (default: its last); returns the row's feedback.
+
+        Raises:
+            NotFound: the session has no such row (or no row at all). ValueError: bad values.
+        """
+        if score is None and correction is None:
+            raise ValueError("feedback needs a score, a correction, or both")
+        rows = self._own_rows(session_id)
+        if interaction_id is None:
+            if not rows:
+                raise NotFound(f"session {session_id!r} has no answer to give feedback on")
+            interaction_id = rows[-1]["id"]
+        elif interaction_id not in {r["id"] for r in rows}:
+            raise NotFound(f"session {session_id!r} has no interaction {interaction_id}")
+        self.log.set_feedback(interaction_id, score=score, correction=correction)
+        row = self.log.get(interaction_id)
+        if row is None:  # forgotten in between
+            raise NotFound(f"session {session_id!r} has no interaction {interaction_id}")
+        return {"interaction_id": interaction_id, "score": row["feedback_score"],
+                "correction": row["feedback_correction"]}
+
+    def select_own(self, session_id: str, *, ids: list[int] | None = None, match: str | None = None,
+                   everything: bool = False) -> list[int]:
+        """The ids of the session's own rows that a forget request names.
+
+        Exactly one selector: ``everything`` (the whole session), ``match`` (rows whose prompt,
+        response or correction contain the text, case-insensitively, or that the log's
+        full-text search finds), or ``ids`` (all must belong to the session).
+        """
+        given = [n for n, v in (("ids", ids), ("match", match), ("session", everything or None)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"forget needs exactly one of ids, match, session; got {given or 'none'}")
+        rows = self._own_rows(session_id)
+        own = {r["id"] for r in rows}
+        if everything:
+            return sorted(own)
+        if match is not None:
+            if not isinstance(match, str) or not match.strip():
+                raise ValueError("match must be non-empty text")
+            needle = match.casefold()
+            hits = {r["id"] for r in rows
+                    if any(needle in (r[k] or "").casefold() for k in ("prompt", "response", "feedback_correction"))}
+            hits |= {r["id"] for r in self.log.search(match) if r["session_id"] == session_id}
+            return sorted(hits & own)
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ValueError(f"ids must be a list of integers, got {ids!r}")
+        missing = sorted(set(ids) - own)
+        if missing:
+            raise NotFound(f"session {session_id!r} has no interactions {missing}")
+        return sorted(set(ids))
+
+    def forget(self, session_id: str, *, ids: list[int] | None = None, match: str | None = None,
+               everything: bool = False, mode: str = "exact") -> dict:
+        """Forget rows of ``session_id`` (see :meth:`select_own`); returns the ForgetReport as a dict.
+
+        An attached learner is detached for the duration (so no batch built before the forget
+        trains on a forgotten row) and attached again with the same options.
+
+        Raises:
+            NotImplementedError: this Learner cannot forget yet.
+        """
+        if mode not in FORGET_MODES:
+            raise ValueError(f"mode={mode!r} (expected one of {FORGET_MODES})")
+        if not hasattr(self.learner, "forget"):
+            raise NotImplementedError("this synclearn's Learner cannot forget yet")
+        with self._control:
+            self._check_open()
+            chosen = self.select_own(session_id, ids=ids, match=match, everything=everything)
+            was_attached = self.attached
+            if was_attached:
+                self.handle.detach()
+            try:
+                report = self.learner.forget(ids=chosen, mode=mode)
+            finally:
+                if was_attached:
+                    self.handle = self.learner.attach(self.load, **self.attach_options)
+        return report.to_dict()
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def save(self, *, force: bool = True) -> dict | None:
+        """Checkpoint now; with ``force=False`` only when weights or learner steps changed.
+        Returns the manifest (None when nothing was written)."""
+        if self.checkpoints is None:
+            return None
+        with self._control:
+            last = self.last_checkpoint
+            unchanged = last is not None and last["weight_version"] == self.version \
+                and last["committed_steps"] == self.learner.committed_steps
+            if not force and (unchanged or (last is None and self.version == 0)):
+                return None
+            self.last_checkpoint = self.checkpoints.save(self.model, self.learner, base=self.base, seed=self.seed,
+                                                         log=self.log)
+            return self.last_checkpoint
+
+    def _autosave_loop(self, period: float) -> None:
+        while not self._stop.wait(period):
+            try:
+                self.save(force=False)
+            except Exception as err:  # keep serving; the next period tries again
+                self.autosave_error = f"{type(err).__name__}: {err}"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Conflict("the runtime is closed")
+
+    def close(self) -> None:
+        """Detach, write a final checkpoint (if anything changed) and close the log. Idempotent."""
+        self._stop.set()
+        if self._autosave is not None and self._autosave is not threading.current_thread():
+            self._autosave.join(timeout=60)  # before taking the control lock: a save may hold it
+        with self._control:
+            if self._closed:
+                return
+            try:
+                self.detach()
+                self.save(force=False)
+            finally:
+                self._closed = True
+                self.log.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,676 @@
+"""An OpenAI-compatible server over a :class:`~synclearn.chat.runtime.Runtime` (FastAPI + uvicorn).
+
+Routes:
+
+* ``POST /v1/chat/completions``: the OpenAI schema, streaming (SSE) or not.
+  ``system_fingerprint`` is ``"wv<N>"``, N the weight version of the last token (in a stream,
+  each chunk carries the version current when it was sent; the last one, the last token's).
+  Each response also carries ``synclearn: {session_id, interaction_id, versions, prefilled_tokens}``.
+* ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (never needs the key).
+* ``POST /v1/learner/attach`` (body: optional attach options), ``POST /v1/learner/detach``,
+  ``GET /v1/learner/status``.
+* ``POST /v1/feedback``: ``{"interaction_id"?: int, "score"?: -1..1, "correction"?: str}``
+  (default: the session's last answer).
+* ``POST /v1/forget``: exactly one of ``{"session": true}``, ``{"match": str}``,
+  ``{"ids": [int]}``, plus ``"mode": "exact" | "approximate"``; returns the ForgetReport.
+
+Sessions: the ``X-Session-Id`` request header names the conversation (1-128 characters of
+``A-Z a-z 0-9 . _ : -``). Without it, the server starts a new one; every response returns the
+id in its ``X-Session-Id`` header. Session ids are capabilities: feedback and forget act only
+on rows logged under the caller's id, and other sessions' rows are reported as not found.
+OpenAI clients resend the whole history: when a request's messages are the session's
+conversation so far plus one new user message, only that message is fed (the model state
+carries the rest); otherwise the session is reset and the given history is prefilled (it is
+not logged again). Sessions live in an LRU table of ``max_sessions`` entries; an evicted
+session is rebuilt by the same prefill. Turns of one session run one at a time.
+
+Messages: an optional first system (or developer) message, then user and assistant messages
+alternating, ending with a user message; content is a string or a list of text parts.
+
+Safe by default: binds 127.0.0.1; with an API key, every route but ``/health`` needs
+``Authorization: Bearer <key>``. Every bad request (malformed JSON, wrong types, unknown
+model or route, missing or wrong key, body/prompt/max_tokens over the limits) gets a 4xx with
+an OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` body and is rejected
+before any model call or log write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from synclearn.chat.runtime import ATTACH_OPTIONS, Conflict, NotFound, Runtime, with_safe_stops
+from synclearn.memory import LogError, LogInputError, LogNotFoundError
+
+SESSION_HEADER = "X-Session-Id"
+_SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+# ---------------------------------------------------------------------------------------- errors
+class APIError(Exception):
+    """A request the server refuses: HTTP status + OpenAI-style error fields."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _validation_error(err: ValidationError) -> APIError:
+    problems = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"])
+        problems.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    first = err.errors()[0]["loc"] if err.errors() else ()
+    return APIError(400, "invalid request: " + "; ".join(problems), param=str(first[0]) if first else None,
+                    code="invalid_value")
+
+
+# ---------------------------------------------------------------------------------------- limits
+@dataclass
+class ServerLimits:
+    """What one request may ask for.
+
+    Attributes:
+        max_body_bytes: largest request body.
+        max_prompt_tokens: longest conversation (all messages, chat template included).
+        max_tokens: largest ``max_tokens`` a request may ask for.
+        default_max_tokens: ``max_tokens`` when the request gives none.
+        max_sessions: conversations whose state is kept (LRU).
+    """
+
+    max_body_bytes: int = 1 << 20
+    max_prompt_tokens: int = 8192
+    max_tokens: int = 1024
+    default_max_tokens: int = 256
+    max_sessions: int = 64
+
+    def __post_init__(self) -> None:
+        bad = [f"{k}={v!r}" for k, v in self.__dict__.items() if not isinstance(v, int) or v < 1]
+        if self.default_max_tokens > self.max_tokens:
+            bad.append(f"default_max_tokens={self.default_max_tokens} > max_tokens={self.max_tokens}")
+        if bad:
+            raise ValueError("invalid server limits (expected positive integers): " + "; ".join(bad))
+
+
+# ---------------------------------------------------------------------------------------- schemas
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Strict):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Strict):
+    """The fields this server honours; other OpenAI fields are accepted and ignored, except
+    the ones that would silently change the meaning (tools, n > 1, logprobs)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    logprobs: bool | None = None
+    tools: list | None = None
+    functions: list | None = None
+
+
+class AttachRequest(_Strict):
+    batch_size: int = Field(4, ge=1, le=256)
+    replay_ratio: float = Field(0.5, ge=0, le=1)
+    idle_replay: bool = False
+    max_steps: int | None = Field(None, ge=1)
+    max_defer_s: float = Field(2.0, ge=0, le=3600)
+    poll_s: float = Field(0.5, gt=0, le=60)
+    learn_threads: int = Field(1, ge=1, le=256)
+    idle_only: bool = True
+    on_error: Literal["continue", "stop"] = "continue"
+    seed: int | None = None
+
+
+class FeedbackRequest(_Strict):
+    interaction_id: int | None = None
+    score: float | None = Field(None, ge=-1, le=1)
+    correction: str | None = Field(None, min_length=1)
+
+
+class ForgetRequest(_Strict):
+    session: Literal[True] | None = None
+    match: str | None = Field(None, min_length=1)
+    ids: list[int] | None = Field(None, min_length=1)
+    mode: Literal["exact", "approximate"] = "exact"
+
+
+assert set(AttachRequest.model_fields) == set(ATTACH_OPTIONS)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json(request: Request, limit: int, *, empty_ok: bool = False) -> dict:
+    """The request body as a JSON object, read at most ``limit`` bytes far."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise APIError(413, f"request body over the limit of {limit} bytes", code="body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, f"request body over the limit of {limit} bytes", code="body_too_large")
+    if not body.strip() and empty_ok:
+        return {}
+    try:
+        data = json.loads(bytes(body), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as err:
+        raise APIError(400, f"malformed JSON body: {err}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, f"the body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    return data
+
+
+def _parse(model: type[BaseModel], data: dict) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise _validation_error(err) from None
+
+
+def _clean_text(text: str, where: str) -> str:
+    if "\x00" in text:
+        raise APIError(400, f"{where} contains a NUL character", param="messages", code="invalid_value")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, f"{where} is not valid Unicode (lone surrogate)", param="messages",
+                       code="invalid_value") from None
+    return text
+
+
+def split_messages(messages: list[Message]) -> tuple[str | None, list[dict[str, str]], str]:
+    """``(system, history, new user text)``; history alternates user/assistant messages."""
+    msgs = [(("system" if m.role == "developer" else m.role), _clean_text(m.text(), f"messages[{i}].content"))
+            for i, m in enumerate(messages)]
+    system = None
+    if msgs[0][0] == "system":
+        system, msgs = msgs[0][1], msgs[1:]
+    for i, (role, _) in enumerate(msgs):
+        want = "user" if i % 2 == 0 else "assistant"
+        if role != want:
+            at = i + (system is not None)
+            raise APIError(400, f"messages[{at}] has role {role!r}; expected {want!r} (an optional first system "
+                                f"message, then user and assistant alternating, ending with user)",
+                           param="messages", code="invalid_value")
+    if not msgs or msgs[-1][0] != "user":
+        raise APIError(400, "the last message must be a user message", param="messages", code="invalid_value")
+    history = [{"role": r, "content": c} for r, c in msgs[:-1]]
+    return system, history, msgs[-1][1]
+
+
+# ---------------------------------------------------------------------------------------- sessions
+class _Entry:
+    def __init__(self, chat: Any) -> None:
+        self.chat, self.system = chat, None
+        self.lock = threading.Lock()  # one turn (or forget) of this session at a time
+
+
+class SessionTable:
+    """Conversation id -> ChatSession, least recently used evicted past ``capacity``."""
+
+    def __init__(self, runtime: Runtime, capacity: int) -> None:
+        self.runtime, self.capacity = runtime, capacity
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, session_id: str) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None:
+                entry = self._entries[session_id] = _Entry(self.runtime.new_session(session_id))
+            self._entries.move_to_end(session_id)
+            for sid in list(self._entries)[:-1]:  # oldest first; never one in use
+                if len(self._entries) <= self.capacity:
+                    break
+                if not self._entries[sid].lock.locked():
+                    del self._entries[sid]
+            return entry
+
+    def drop(self, session_id: str) -> None:
+        with self._lock:
+            self._entries.pop(session_id, None)
+
+    def prepare(self, entry: _Entry, system: str | None, history: list[dict[str, str]]) -> Any:
+        """The entry's ChatSession, positioned right after ``history`` (call with entry.lock held)."""
+        chat = entry.chat
+        if entry.system == system and chat.history == history:
+            return chat
+        rt = self.runtime
+        chat = entry.chat = rt.new_session(chat.session_id, system=system)
+        entry.system = system
+        if history:  # prefill the conversation so far, under the read lock like every model call
+            import torch
+
+            tok = rt.model.tokenizer
+            msgs = ([{"role": "system", "content": system}] if system is not None else []) + history
+            bos = getattr(tok, "BOS", None)
+            ids = ([bos] if bos is not None else []) + tok.chat(msgs, add_generation_prompt=False)
+            with torch.inference_mode(), rt.guard.read():
+                _, state = rt.model.prefill(torch.tensor([ids], device=rt.model.device), rt.model.init_state(1))
+            chat.state, chat.history, chat.turn = state, list(history), len(history) // 2
+        return chat
+
+
+# ---------------------------------------------------------------------------------------- the app
+class _BearerAuth:
+    """Pure ASGI middleware: every route but /health needs ``Authorization: Bearer <key>``."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            if given is None or not given.startswith(b"Bearer ") or not hmac.compare_digest(given[7:], self.key):
+                code = "missing_api_key" if given is None else "invalid_api_key"
+                err = APIError(401, "a valid API key is required: Authorization: Bearer <key>",
+                               type="authentication_error", code=code)
+                await err.response({"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _session_id(request: Request, *, required: bool) -> str:
+    sid = request.headers.get(SESSION_HEADER)
+    if sid is None:
+        if required:
+            raise APIError(400, f"this request needs the {SESSION_HEADER} header of the conversation",
+                           param=SESSION_HEADER, code="missing_session")
+        return uuid.uuid4().hex
+    if not _SESSION_ID.match(sid):
+        raise APIError(400, f"{SESSION_HEADER} must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                       param=SESSION_HEADER, code="invalid_value")
+    return sid
+
+
+def _finish_reason(stop_reason: str) -> str:
+    return "length" if stop_reason == "max_tokens" else "stop"
+
+
+def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str | None = None,
+               limits: ServerLimits | None = None, temperature: float = 0.7, top_p: float = 1.0,
+               close_runtime: bool = True) -> FastAPI:
+    """The FastAPI app serving ``runtime``.
+
+    Args:
+        runtime: the model, log and learner to serve.
+        model_name: the id clients put in ``model`` (default: the runtime's base name).
+        api_key: when set, every route but /health needs ``Authorization: Bearer <api_key>``.
+        limits: request limits. temperature, top_p: defaults when a request gives none.
+        close_runtime: close the runtime (detach, final checkpoint, close the log) on shutdown.
+    """
+    limits = limits or ServerLimits()
+    name = model_name or runtime.base
+    created = int(time.time())
+    sessions = SessionTable(runtime, limits.max_sessions)
+    tok = runtime.model.tokenizer
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if close_runtime:
+            await run_in_threadpool(runtime.close)
+
+    app = FastAPI(title="synclearn", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime, app.state.sessions, app.state.limits = runtime, sessions, limits
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+        return APIError(err.status_code, f"{request.method} {request.url.path}: {err.detail}", code=code).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        return APIError(400, f"invalid request: {err.errors()[:3]}", code="invalid_value").response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, err: Exception) -> JSONResponse:
+        return APIError(500, f"internal error: {type(err).__name__}: {err}", type="server_error").response()
+
+    async def control(fn: Callable[[], Any]) -> Any:
+        """Run a blocking runtime call, mapping its errors to 4xx."""
+        try:
+            return await run_in_threadpool(fn)
+        except Conflict as err:
+            raise APIError(409, str(err), code="conflict") from None
+        except (NotFound, LogNotFoundError) as err:
+            raise APIError(404, str(err).strip("'\""), code="not_found") from None
+        except NotImplementedError as err:
+            raise APIError(501, str(err), type="server_error", code="not_implemented") from None
+        except (ValueError, LogInputError) as err:
+            raise APIError(400, str(err), code="invalid_value") from None
+
+    # -- info -------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    def model_card() -> dict:
+        return {"id": name, "object": "model", "created": created, "owned_by": "synclearn"}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict:
+        if model_id != name:
+            raise APIError(404, f"model {model_id!r} does not exist; this server serves {name!r}",
+                           param="model", code="model_not_found")
+        return model_card()
+
+    # -- completions ------------------------------------------------------------------------------
+    def validate(req: ChatCompletionRequest) -> tuple[str | None, list, str, dict, int]:
+        if req.model != name:
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves {name!r}",
+                           param="model", code="model_not_found")
+        for field in ("tools", "functions", "logprobs"):
+            if getattr(req, field):
+                raise APIError(400, f"{field} is not supported by this server", param=field, code="unsupported")
+        system, history, text = split_messages(req.messages)
+        max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
+        if max_tokens > limits.max_tokens:
+            raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {limits.max_tokens}",
+                           param="max_tokens", code="invalid_value")
+        stop = req.stop
+        if stop is not None:
+            stops = [stop] if isinstance(stop, str) else stop
+            if len(stops) > 4 or not all(stops):
+                raise APIError(400, "stop must be up to 4 non-empty strings", param="stop", code="invalid_value")
+        msgs = ([{"role": "system", "content": system}] if system is not None else []) + history
+        prompt_tokens = len(tok.chat(msgs + [{"role": "user", "content": text}]))
+        if prompt_tokens > limits.max_prompt_tokens:
+            raise APIError(400, f"the conversation has {prompt_tokens} tokens; this server's limit is "
+                                f"{limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+        sampling = {"max_new_tokens": max_tokens, "stop": with_safe_stops(stop), "seed": req.seed,
+                    "temperature": temperature if req.temperature is None else req.temperature,
+                    "top_p": top_p if req.top_p is None else req.top_p}
+        return system, history, text, sampling, prompt_tokens
+
+    def run_turn(sid: str, system: str | None, history: list, text: str, sampling: dict,
+                 on_piece: Callable[[str], bool]) -> Any:
+        """One turn of session ``sid`` (blocking); None when ``on_piece`` asked to stop."""
+        runtime.load.enter()
+        try:
+            entry = sessions.get(sid)
+            with entry.lock:
+                chat = sessions.prepare(entry, system, history)
+                pieces = chat.stream(text, **sampling)
+                try:
+                    for piece in pieces:
+                        if not on_piece(piece):
+                            return None  # closing the generator abandons the turn: nothing is logged
+                finally:
+                    pieces.close()
+                return chat.last_reply
+        finally:
+            runtime.load.leave()
+
+    def extra(sid: str, reply: Any) -> dict:
+        return {"session_id": sid, "interaction_id": reply.interaction_id, "versions": list(reply.versions),
+                "prefilled_tokens": reply.prompt_tokens}
+
+    def usage(prompt_tokens: int, reply: Any) -> dict:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": reply.completion_tokens,
+                "total_tokens": prompt_tokens + reply.completion_tokens}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        sid = _session_id(request, required=False)
+        req = _parse(ChatCompletionRequest, await read_json(request, limits.max_body_bytes))
+        system, history, text, sampling, prompt_tokens = validate(req)
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        headers = {SESSION_HEADER: sid}
+        if not req.stream:
+            try:
+                reply = await run_in_threadpool(run_turn, sid, system, history, text, sampling, lambda p: True)
+            except LogError as err:
+                raise APIError(500, f"the turn could not be logged: {err}", type="server_error") from None
+            body = {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": name,
+                    "system_fingerprint": f"wv{reply.versions[1]}",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                                 "logprobs": None, "finish_reason": _finish_reason(reply.stop_reason)}],
+                    "usage": usage(prompt_tokens, reply), "synclearn": extra(sid, reply)}
+            return JSONResponse(body, headers=headers)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(stream(cid, sid, system, history, text, sampling, prompt_tokens, include_usage),
+                                 media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
+
+    async def stream(cid: str, sid: str, system: str | None, history: list, text: str, sampling: dict,
+                     prompt_tokens: int, include_usage: bool):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(item: tuple) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone (server stopped)
+                cancel.set()
+
+        def on_piece(piece: str) -> bool:
+            if cancel.is_set():
+                return False
+            put(("piece", piece))
+            return True
+
+        def work() -> None:
+            try:
+                put(("done", run_turn(sid, system, history, text, sampling, on_piece)))
+            except BaseException as err:  # reported to the client as an error event
+                put(("error", err))
+
+        def chunk(delta: dict, finish: str | None = None, version: int | None = None, **more: Any) -> str:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": name,
+                    "system_fingerprint": f"wv{runtime.version if version is None else version}",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **more}
+            return f"data: {json.dumps(body)}\n\n"
+
+        threading.Thread(target=work, name="synclearn-turn", daemon=True).start()
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                kind, value = await queue.get()
+                if kind == "piece":
+                    yield chunk({"content": value})
+                elif kind == "error":
+                    err = APIError(500, f"{type(value).__name__}: {value}", type="server_error")
+                    yield f"data: {json.dumps(err.body())}\n\n"
+                    return
+                else:
+                    reply = value
+                    if reply is None:
+                        return
+                    yield chunk({}, _finish_reason(reply.stop_reason), reply.versions[1], synclearn=extra(sid, reply))
+                    if include_usage:
+                        body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                                "model": name, "system_fingerprint": f"wv{reply.versions[1]}", "choices": [],
+                                "usage": usage(prompt_tokens, reply)}
+                        yield f"data: {json.dumps(body)}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+        finally:
+            cancel.set()  # a client that went away stops the turn at its next token
+
+    # -- learner control --------------------------------------------------------------------------
+    @app.post("/v1/learner/attach")
+    async def attach(request: Request) -> dict:
+        options = _parse(AttachRequest, await read_json(request, limits.max_body_bytes, empty_ok=True))
+        chosen = options.model_dump(exclude_unset=True)
+        return await control(lambda: runtime.attach(**chosen))
+
+    @app.post("/v1/learner/detach")
+    async def detach(request: Request) -> dict:
+        await read_json(request, limits.max_body_bytes, empty_ok=True)
+        return await control(runtime.detach)
+
+    @app.get("/v1/learner/status")
+    async def status() -> dict:
+        out = await control(runtime.status)
+        return {**out, "sessions": len(sessions)}
+
+    # -- feedback and forgetting ------------------------------------------------------------------
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict:
+        sid = _session_id(request, required=True)
+        req = _parse(FeedbackRequest, await read_json(request, limits.max_body_bytes))
+        if req.score is None and req.correction is None:
+            raise APIError(400, "feedback needs a score, a correction, or both", param="score", code="invalid_value")
+        if req.correction is not None:
+            _clean_text(req.correction, "correction")
+        out = await control(lambda: runtime.feedback(sid, req.interaction_id, score=req.score,
+                                                     correction=req.correction))
+        return {"session_id": sid, **out}
+
+    @app.post("/v1/forget")
+    async def forget(request: Request) -> dict:
+        sid = _session_id(request, required=True)
+        req = _parse(ForgetRequest, await read_json(request, limits.max_body_bytes))
+        given = [k for k in ("session", "match", "ids") if getattr(req, k) is not None]
+        if len(given) != 1:
+            raise APIError(400, f"forget needs exactly one of session, match, ids; got {given or 'none'}",
+                           code="invalid_value")
+        if req.match is not None:
+            _clean_text(req.match, "match")
+
+        def run() -> dict:
+            entry = sessions.get(sid)
+            with entry.lock:  # not while this session's own turn is running
+                report = runtime.forget(sid, ids=req.ids, match=req.match, everything=bool(req.session),
+                                        mode=req.mode)
+                sessions.drop(sid)  # its state still holds what was said
+            return report
+
+        return {"session_id": sid, **await control(run)}
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------- running
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening socket (port 0: a free one)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _config(app: FastAPI) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10, lifespan="on")
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``app`` in this thread until SIGINT/SIGTERM (then the app's shutdown runs)."""
+    import uvicorn
+
+    sock = bind(host, port)
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    server = uvicorn.Server(_config(app))
+    if on_ready is not None:
+        on_ready(url)
+    server.run(sockets=[sock])
+
+
+class RunningServer:
+    """``app`` served by uvicorn on a background thread (for embedding and tests).
+
+    Attributes:
+        url: ``http://host:port``.
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, timeout: float = 30.0) -> None:
+        import uvicorn
+
+        self._sock = bind(host, port)
+        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
+        self.server = uvicorn.Server(_config(app))
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name="synclearn-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server at {self.url} did not start within {timeout}s")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Graceful shutdown (runs the app's shutdown); waits up to ``timeout``."""
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the server at {self.url} did not stop within {timeout}s")
+        self._sock.close()
+
+    def __enter__(self) -> "RunningServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
