@@ -22,8 +22,13 @@ The manifest (``checkpoint.json``)::
      "committed_steps": 37, "saved_at": <unix s, when the snapshot was taken>,
      "log": {"rows": 120, "max_id": 131}}
 
-A snapshot is taken while the learner holds its step lock, so weights and optimizer rows
-are from the same step; serving keeps going (it only reads the weights).
+A save holds the learner's step lock throughout, so weights and optimizer rows are from the
+same step and saves never overlap; serving keeps going (it only reads the weights). The lock
+is reentrant: ``learner.persist`` may save from inside a forget.
+
+Restore loads the model and the learner state, finishes or discards a forget that a crash
+interrupted (``Learner.recover``), and drops step-journal entries at or past the checkpoint's
+``committed_steps``: those steps are not in the restored weights.
 """
 
 from __future__ import annotations
@@ -117,13 +122,13 @@ class CheckpointStore:
             seed: the seed ``load_model`` used for a named size.
             log: the InteractionLog, to record its size in the manifest (optional).
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        previous = self.manifest()
-        seq = max([previous["seq"] if previous else 0, *self._folder_seqs()]) + 1
-        folder = self.root / f"ckpt-{seq:06d}"
-        folder.mkdir()
-        plain = _is_plain_mcsd(model, learner)
-        with learner._lock:  # no step (or forget) between the weights and the optimizer rows
+        with learner._lock:  # no step or forget during the save; saves are serialized by it too
+            self.root.mkdir(parents=True, exist_ok=True)
+            previous = self.manifest()
+            seq = max([previous["seq"] if previous else 0, *self._folder_seqs()]) + 1
+            folder = self.root / f"ckpt-{seq:06d}"
+            folder.mkdir()
+            plain = _is_plain_mcsd(model, learner)
             saved_at = time.time()
             version = guard_for(model).version
             if plain:
@@ -132,17 +137,16 @@ class CheckpointStore:
                 atomic_write_bytes(folder / "weights.safetensors", lambda tmp: st_save_model(model, tmp))
             state = learner.state_dict()
             atomic_write_bytes(folder / "learner.pt", lambda tmp: torch.save(state, tmp))
-            steps = learner.committed_steps
-        _fsync_dir(folder)
-        manifest = {"format": FORMAT, "seq": seq, "folder": folder.name, "model": "dir" if plain else "weights",
-                    "base": str(base), "seed": int(seed), "update": learner.update, "weight_version": version,
-                    "committed_steps": steps, "saved_at": saved_at}
-        if log is not None:
-            ids = log.ids()
-            manifest["log"] = {"rows": len(ids), "max_id": ids[-1] if ids else None}
-        atomic_write_bytes(self.root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
-        self._prune(folder.name)
-        return manifest
+            _fsync_dir(folder)
+            manifest = {"format": FORMAT, "seq": seq, "folder": folder.name, "model": "dir" if plain else "weights",
+                        "base": str(base), "seed": int(seed), "update": learner.update, "weight_version": version,
+                        "committed_steps": learner.committed_steps, "saved_at": saved_at}
+            if log is not None:
+                ids = log.ids()
+                manifest["log"] = {"rows": len(ids), "max_id": ids[-1] if ids else None}
+            atomic_write_bytes(self.root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+            self._prune(folder.name)
+            return manifest
 
     def _folder_seqs(self) -> list[int]:
         if not self.root.is_dir():
@@ -189,5 +193,8 @@ class CheckpointStore:
                 raise ValueError(f"{folder}: weights do not match the model: missing {missing}, unexpected {unexpected}")
         state = torch.load(folder / "learner.pt", map_location=model.device, weights_only=True)
         learner.load_state_dict(state)
+        if getattr(learner, "journal", None) is not None:
+            learner.recover()  # a forget interrupted by the crash: forward or back, per the state
+            learner.journal.truncate_from(learner.committed_steps)  # steps the weights do not hold
         guard_for(model).version = int(manifest["weight_version"])  # versions keep rising across restarts
         return model, learner, manifest

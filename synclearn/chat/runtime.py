@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from synclearn.memory import InteractionLog
 SAFE_STOPS: tuple[str, ...] = ("\x00",)
 ATTACH_OPTIONS = ("batch_size", "replay_ratio", "idle_replay", "max_steps", "max_defer_s", "poll_s", "learn_threads",
                   "idle_only", "on_error", "seed")
-FORGET_MODES = ("exact", "approximate")
+FORGET_MODES = ("exact", "approximate", "auto")
 
 
 class NotFound(LookupError):
@@ -134,6 +133,8 @@ class Runtime:
         self._closed = False
         self._stop = threading.Event()
         self._autosave: threading.Thread | None = None
+        if checkpoints is not None:
+            learner.persist = self._persist  # a forget checkpoints at its commit point
         if checkpoints is not None and checkpoint_every_s:
             self._autosave = threading.Thread(target=self._autosave_loop, args=(float(checkpoint_every_s),),
                                               name="synclearn-checkpoint", daemon=True)
@@ -162,7 +163,7 @@ class Runtime:
 
         data = Path(data_dir)
         data.mkdir(parents=True, exist_ok=True)
-        options = {"seed": seed, **(learner or {})}
+        options = {"seed": seed, "journal": data / "journal", **(learner or {})}
         store = CheckpointStore(data / "checkpoint", keep=keep)
         manifest = store.manifest()
         if manifest is not None and manifest["base"] != str(model):
@@ -317,6 +318,8 @@ class Runtime:
                 self.handle.detach()
             try:
                 report = self.learner.forget(ids=chosen, mode=mode)
+                if report.mode == "approximate":
+                    self.save()  # it changed the weights without a persist call
             finally:
                 if was_attached:
                     self.handle = self.learner.attach(self.load, **self.attach_options)
@@ -328,15 +331,18 @@ class Runtime:
         Returns the manifest (None when nothing was written)."""
         if self.checkpoints is None:
             return None
-        with self._control:
+        with self.learner._lock:  # not the control lock: forget() saves from inside the learner's lock
             last = self.last_checkpoint
             unchanged = last is not None and last["weight_version"] == self.version \
                 and last["committed_steps"] == self.learner.committed_steps
             if not force and (unchanged or (last is None and self.version == 0)):
                 return None
-            self.last_checkpoint = self.checkpoints.save(self.model, self.learner, base=self.base, seed=self.seed,
-                                                         log=self.log)
-            return self.last_checkpoint
+            return self._persist()
+
+    def _persist(self) -> dict:
+        self.last_checkpoint = self.checkpoints.save(self.model, self.learner, base=self.base, seed=self.seed,
+                                                     log=self.log)
+        return self.last_checkpoint
 
     def _autosave_loop(self, period: float) -> None:
         while not self._stop.wait(period):

@@ -1,0 +1,332 @@
+"""The OpenAI-compatible server, over real HTTP on 127.0.0.1, with the official openai client."""
+
+import threading
+
+import httpx
+import openai
+import pytest
+import torch
+
+from synclearn.chat.openai_api import ServerLimits
+from synclearn.chat.runtime import Runtime
+from synclearn.cli import main as cli_main
+from synclearn.learn import Learner
+from synclearn.model import load_model
+from tests.chat.conftest import MODEL, openai_client, serve_runtime, wait_until
+
+needs_forget = pytest.mark.skipif(not hasattr(Learner, "forget"), reason="forget lands with issue 6")
+USER = [{"role": "user", "content": "hello there"}]
+
+
+def completion(client, messages=USER, session=None, **kw):
+    """(ChatCompletion, session id) through the official client."""
+    headers = {"X-Session-Id": session} if session else None
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=kw.pop("max_tokens", 8),
+                                                           extra_headers=headers, **kw)
+    return raw.parse(), raw.headers["x-session-id"]
+
+
+def test_models_and_non_streaming_completion(server, runtime):
+    client = openai_client(server.url)
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    comp, sid = completion(client)
+    choice = comp.choices[0]
+    assert comp.object == "chat.completion" and comp.model == MODEL and comp.system_fingerprint == "wv0"
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert comp.usage.completion_tokens <= 8 and comp.usage.prompt_tokens > 0
+    extra = comp.model_extra["synclearn"]
+    assert extra["session_id"] == sid and extra["versions"] == [0, 0]
+    row = runtime.log.get(extra["interaction_id"])
+    assert (row["session_id"], row["prompt"], row["response"]) == (sid, "hello there", choice.message.content)
+
+
+def test_streaming_and_session_state(server, runtime):
+    client = openai_client(server.url)
+    stream = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=12, stream=True,
+                                            stream_options={"include_usage": True}, extra_headers={"X-Session-Id": "s1"})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].system_fingerprint == "wv0"
+    extra = finals[0].model_extra["synclearn"]
+    assert runtime.log.get(extra["interaction_id"])["response"] == text
+    assert chunks[-1].usage.completion_tokens <= 12 and not chunks[-1].choices
+
+    # the history extends the session's exactly: only the new user turn is fed
+    tok = runtime.model.tokenizer
+    follow = USER + [{"role": "assistant", "content": text}, {"role": "user", "content": "and then?"}]
+    comp, _ = completion(client, follow, session="s1")
+    assert comp.model_extra["synclearn"]["prefilled_tokens"] == len(tok.chat([{"role": "user", "content": "and then?"}]))
+    assert [r["turn"] for r in runtime.log.by_session("s1")] == [0, 1]
+
+    # a history the session did not produce: reset and prefill it, same as a fresh model would
+    edited = [{"role": "system", "content": "be brief"}, *USER, {"role": "assistant", "content": "hi!"},
+              {"role": "user", "content": "who are you?"}]
+    comp, _ = completion(client, edited, session="s1", max_tokens=10, temperature=0)
+    assert comp.model_extra["synclearn"]["prefilled_tokens"] == len(tok.chat([{"role": "user", "content": "who are you?"}]))
+    reference = load_model(MODEL)
+    ids = [tok.BOS] + tok.chat(edited[:-1], add_generation_prompt=False) + tok.chat(edited[-1:])
+    assert comp.choices[0].message.content == reference.generate(ids, max_new_tokens=10, stop=["\x00"]).text
+    assert len(runtime.log.by_session("s1")) == 3  # the replayed history is not logged again
+
+
+def test_sessions_are_isolated_and_bounded(runtime):
+    with serve_runtime(runtime, limits=ServerLimits(max_sessions=2)) as srv:
+        client = openai_client(srv.url)
+        a, _ = completion(client, session="alice")
+        completion(client, session="bob")
+        a_id = a.model_extra["synclearn"]["interaction_id"]
+        r = httpx.post(srv.url + "/v1/feedback", json={"interaction_id": a_id, "score": -1.0},
+                       headers={"X-Session-Id": "bob"})
+        assert r.status_code == 404 and "bob" in r.json()["error"]["message"]
+        assert runtime.log.get(a_id)["feedback_score"] is None
+        if hasattr(Learner, "forget"):
+            r = httpx.post(srv.url + "/v1/forget", json={"ids": [a_id]}, headers={"X-Session-Id": "bob"}, timeout=60)
+            assert r.status_code == 404 and runtime.log.get(a_id) is not None
+        # a third session evicts the least recently used; alice continues by prefill
+        completion(client, session="carol")
+        status = httpx.get(srv.url + "/v1/learner/status").json()
+        assert status["sessions"] == 2
+        follow = USER + [{"role": "assistant", "content": a.choices[0].message.content},
+                         {"role": "user", "content": "still there?"}]
+        comp, _ = completion(client, follow, session="alice")
+        assert comp.model_extra["synclearn"]["interaction_id"] > a_id
+        assert [r["turn"] for r in runtime.log.by_session("alice")] == [0, 1]
+
+
+def test_attach_teach_detach_while_serving(server, runtime):
+    client = openai_client(server.url)
+    url = server.url
+    r = httpx.post(url + "/v1/learner/attach", json={"batch_size": 2, "max_defer_s": 0.2, "poll_s": 0.05})
+    assert r.status_code == 200 and r.json()["attached"] is True
+    assert httpx.post(url + "/v1/learner/attach").status_code == 409
+    errors, stop = [], threading.Event()
+
+    def chat_loop(name):
+        try:
+            for i in range(40):  # bounded; stops early once the learner has stepped
+                if stop.is_set():
+                    break
+                completion(client, [{"role": "user", "content": f"fact {i}: {name} likes tea"}], session=f"{name}{i}")
+        except Exception as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=chat_loop, args=(n,)) for n in ("ann", "ben")]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: httpx.get(url + "/v1/learner/status").json()["learner"]["steps"] >= 3, 60, what="3 steps")
+        comp, _ = completion(client)
+        assert int(comp.system_fingerprint[2:]) >= 3  # the reply was computed from learned weights
+        stream = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=16, stream=True)
+        next(iter(stream))  # a stream in flight while the learner detaches
+        status = httpx.post(url + "/v1/learner/detach", timeout=60).json()
+        assert list(stream)[-1].choices[0].finish_reason in ("stop", "length")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors and status["attached"] is False and status["learner"]["errors"] == []
+    version = runtime.version
+    completion(client)
+    assert runtime.version == version  # detached: nothing learns any more
+    assert httpx.post(url + "/v1/learner/detach").json()["attached"] is False  # idempotent
+
+
+def test_attach_command_against_a_running_server(runtime, capsys):
+    with serve_runtime(runtime, api_key="sekrit") as srv:
+        assert cli_main(["attach", srv.url, "--api-key", "wrong"]) == 1
+        assert "401" in capsys.readouterr().err and not runtime.attached
+        assert cli_main(["attach", srv.url + "/v1", "--api-key", "sekrit", "--batch-size", "2"]) == 0
+        assert '"attached": true' in capsys.readouterr().out and runtime.attached
+        assert runtime.attach_options == {"batch_size": 2}
+        assert cli_main(["attach", srv.url, "--api-key", "sekrit", "--status"]) == 0
+        assert '"weight_version"' in capsys.readouterr().out
+        assert cli_main(["attach", srv.url, "--api-key", "sekrit", "--detach"]) == 0
+        assert not runtime.attached
+
+
+def test_feedback_through_the_api(server, runtime):
+    client = openai_client(server.url)
+    first, sid = completion(client)
+    second, _ = completion(client, USER + [{"role": "assistant", "content": first.choices[0].message.content},
+                                           {"role": "user", "content": "more"}], session=sid)
+    headers = {"X-Session-Id": sid}
+    r = httpx.post(server.url + "/v1/feedback", json={"score": 1.0}, headers=headers)
+    last = second.model_extra["synclearn"]["interaction_id"]
+    assert r.status_code == 200 and r.json()["interaction_id"] == last
+    first_id = first.model_extra["synclearn"]["interaction_id"]
+    r = httpx.post(server.url + "/v1/feedback", json={"interaction_id": first_id, "correction": "Hello! How can I help?"},
+                   headers=headers)
+    assert r.status_code == 200
+    assert runtime.log.get(last)["feedback_score"] == 1.0
+    assert runtime.log.get(first_id)["feedback_correction"] == "Hello! How can I help?"
+
+
+@needs_forget
+def test_forget_through_the_api_is_scoped_to_the_session(server, runtime):
+    client = openai_client(server.url)
+    url = server.url
+    httpx.post(url + "/v1/learner/attach", json={"batch_size": 2, "idle_replay": True, "poll_s": 0.05})
+    for sid, text in (("alice", "my locker code is 4417"), ("alice", "the weather is mild"),
+                      ("bob", "my locker code is 9902")):
+        completion(client, [{"role": "user", "content": text}], session=sid)
+    wait_until(lambda: runtime.log.ids(learned=False) == [], 60, what="all rows learned")
+    r = httpx.post(url + "/v1/forget", json={"match": "locker code"}, headers={"X-Session-Id": "alice"}, timeout=120)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["session_id"] == "alice" and report["mode"] in ("exact", "noop")
+    assert [runtime.log.get(i) for i in report["ids"]] == [None]
+    assert [row["prompt"] for row in runtime.log.by_session("alice")] == ["the weather is mild"]
+    assert [row["prompt"] for row in runtime.log.by_session("bob")] == ["my locker code is 9902"]
+    assert httpx.get(url + "/v1/learner/status").json()["attached"] is True  # re-attached after the forget
+    r = httpx.post(url + "/v1/forget", json={"session": True, "mode": "auto"}, headers={"X-Session-Id": "alice"},
+                   timeout=120)
+    assert r.status_code == 200 and runtime.log.by_session("alice") == []
+    assert len(runtime.log.by_session("bob")) == 1
+    httpx.post(url + "/v1/learner/detach", timeout=60)
+
+
+def _bad_requests(url, key):
+    auth = {"Authorization": f"Bearer {key}"}
+    ok_body = {"model": MODEL, "messages": USER}
+    big = "x" * 300
+
+    def post(path, body=None, content=None, headers=auth):
+        return httpx.post(url + path, json=body, content=content, headers=headers, timeout=30)
+
+    chat = "/v1/chat/completions"
+    return [
+        ("no key", 401, lambda: post(chat, ok_body, headers={})),
+        ("wrong key", 401, lambda: post(chat, ok_body, headers={"Authorization": "Bearer nope"})),
+        ("key on another route", 401, lambda: httpx.get(url + "/v1/learner/status")),
+        ("attach without key", 401, lambda: post("/v1/learner/attach", {}, headers={})),
+        ("malformed JSON", 400, lambda: post(chat, content=b'{"model": ')),
+        ("not an object", 400, lambda: post(chat, [ok_body])),
+        ("NaN", 400, lambda: post(chat, content=b'{"model": "mcsd-tiny", "messages": [], "temperature": NaN}')),
+        ("missing messages", 400, lambda: post(chat, {"model": MODEL})),
+        ("empty messages", 400, lambda: post(chat, {"model": MODEL, "messages": []})),
+        ("messages not a list", 400, lambda: post(chat, {"model": MODEL, "messages": "hi"})),
+        ("content not text", 400, lambda: post(chat, {"model": MODEL, "messages": [{"role": "user", "content": 5}]})),
+        ("unknown role", 400, lambda: post(chat, {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]})),
+        ("ends with assistant", 400, lambda: post(chat, {"model": MODEL, "messages": USER + [
+            {"role": "assistant", "content": "x"}]})),
+        ("two users in a row", 400, lambda: post(chat, {"model": MODEL, "messages": USER + USER})),
+        ("temperature as string", 400, lambda: post(chat, {**ok_body, "temperature": "0.5"})),
+        ("stream as string", 400, lambda: post(chat, {**ok_body, "stream": "yes"})),
+        ("max_tokens float", 400, lambda: post(chat, {**ok_body, "max_tokens": 1.5})),
+        ("max_tokens zero", 400, lambda: post(chat, {**ok_body, "max_tokens": 0})),
+        ("max_tokens over limit", 400, lambda: post(chat, {**ok_body, "max_tokens": 33})),
+        ("n = 2", 400, lambda: post(chat, {**ok_body, "n": 2})),
+        ("tools", 400, lambda: post(chat, {**ok_body, "tools": [{"type": "function"}]})),
+        ("NUL in content", 400, lambda: post(chat, {"model": MODEL, "messages": [{"role": "user", "content": "a\x00b"}]})),
+        ("lone surrogate", 400, lambda: post(chat, content=b'{"model": "mcsd-tiny", "messages": '
+                                                           b'[{"role": "user", "content": "\\ud800"}]}')),
+        ("prompt too long", 400, lambda: post(chat, {"model": MODEL, "messages": [{"role": "user", "content": big}]})),
+        ("body too large", 413, lambda: post(chat, {"model": MODEL, "messages": [{"role": "user", "content": big * 10}]})),
+        ("unknown model", 404, lambda: post(chat, {**ok_body, "model": "gpt-4"})),
+        ("bad session id", 400, lambda: post(chat, ok_body, headers={**auth, "X-Session-Id": "a b/c"})),
+        ("unknown attach option", 400, lambda: post("/v1/learner/attach", {"batch": 2})),
+        ("attach wrong type", 400, lambda: post("/v1/learner/attach", {"batch_size": "2"})),
+        ("feedback without session", 400, lambda: post("/v1/feedback", {"score": 1.0})),
+        ("feedback without content", 400, lambda: post("/v1/feedback", {}, headers={**auth, "X-Session-Id": "s"})),
+        ("feedback score out of range", 400, lambda: post("/v1/feedback", {"score": 5},
+                                                           headers={**auth, "X-Session-Id": "s"})),
+        ("feedback on nothing", 404, lambda: post("/v1/feedback", {"score": 1.0}, headers={**auth, "X-Session-Id": "s"})),
+        ("forget two selectors", 400, lambda: post("/v1/forget", {"session": True, "match": "x"},
+                                                   headers={**auth, "X-Session-Id": "s"})),
+        ("forget bad mode", 400, lambda: post("/v1/forget", {"session": True, "mode": "fast"},
+                                              headers={**auth, "X-Session-Id": "s"})),
+        ("forget ids wrong type", 400, lambda: post("/v1/forget", {"ids": ["1"]}, headers={**auth, "X-Session-Id": "s"})),
+        ("unknown route", 404, lambda: httpx.get(url + "/v1/nothing", headers=auth)),
+        ("wrong method", 405, lambda: httpx.get(url + chat, headers=auth)),
+    ]
+
+
+def test_bad_requests_get_clear_4xx_and_change_nothing(runtime):
+    key = "k-123"
+    limits = ServerLimits(max_body_bytes=2000, max_prompt_tokens=200, max_tokens=32, default_max_tokens=8)
+    with serve_runtime(runtime, api_key=key, limits=limits) as srv:
+        client = openai_client(srv.url, key)
+        completion(client, session="s0")  # one good turn, so there is state to protect
+        weights = {n: p.detach().clone() for n, p in runtime.model.named_parameters()}
+        rows, version = runtime.log.count(), runtime.version
+        status = httpx.get(srv.url + "/v1/learner/status", headers={"Authorization": f"Bearer {key}"}).json()
+        for what, code, send in _bad_requests(srv.url, key):
+            r = send()
+            assert r.status_code == code, (what, r.status_code, r.text)
+            error = r.json()["error"]
+            assert error["message"] and error["type"], what
+        assert httpx.get(srv.url + "/health").json() == {"status": "ok"}  # never needs the key
+        # the official client raises its typed errors
+        with pytest.raises(openai.AuthenticationError):
+            openai_client(srv.url, "wrong").models.list()
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="gpt-4", messages=USER)
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):
+            client.chat.completions.create(model=MODEL, messages=USER, max_tokens=1000)
+        after = httpx.get(srv.url + "/v1/learner/status", headers={"Authorization": f"Bearer {key}"}).json()
+    assert runtime.log.count() == rows and runtime.version == version and not runtime.attached
+    assert all(torch.equal(p, weights[n]) for n, p in runtime.model.named_parameters())
+    assert after["sessions"] == status["sessions"] and after["log_rows"] == status["log_rows"]
+
+
+def test_concurrent_clients_with_the_learner_attached(server, runtime):
+    url = server.url
+    httpx.post(url + "/v1/learner/attach", json={"batch_size": 2, "idle_replay": True, "max_defer_s": 0.2})
+    results, errors = {}, []
+
+    def client_run(k):
+        try:
+            client = openai_client(url, **{"X-Session-Id": f"c{k}"})
+            history = []
+            for turn in range(3):
+                history.append({"role": "user", "content": f"client {k} turn {turn}"})
+                if (k + turn) % 2:
+                    chunks = list(client.chat.completions.create(model=MODEL, messages=history, max_tokens=10,
+                                                                 stream=True))
+                    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                else:
+                    text = client.chat.completions.create(model=MODEL, messages=history, max_tokens=10) \
+                        .choices[0].message.content
+                history.append({"role": "assistant", "content": text})
+            results[k] = history
+        except Exception as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=client_run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    status = httpx.post(url + "/v1/learner/detach", timeout=60).json()
+    assert not errors and len(results) == 4
+    assert status["learner"]["errors"] == [] and status["learner"]["steps"] >= 1
+    for k, history in results.items():
+        rows = runtime.log.by_session(f"c{k}")
+        assert [r["prompt"] for r in rows] == [m["content"] for m in history[0::2]]
+        assert [r["response"] for r in rows] == [m["content"] for m in history[1::2]]
+
+
+def test_shutdown_checkpoints_and_a_restart_resumes(tmp_path):
+    rt = Runtime.open(MODEL, tmp_path / "data", checkpoint_every_s=0)
+    srv = serve_runtime(rt, close_runtime=True)
+    client = openai_client(srv.url)
+    rt.attach(batch_size=2, idle_replay=True, max_steps=3)
+    for i in range(3):
+        completion(client, [{"role": "user", "content": f"remember {i}"}])
+    wait_until(lambda: rt.learner.committed_steps >= 3, 60, what="3 steps")
+    srv.stop()  # graceful shutdown: detach, final checkpoint, close the log
+    weights = {n: p.detach().clone() for n, p in rt.model.named_parameters()}
+    version, steps = rt.version, rt.learner.committed_steps
+    manifest = rt.last_checkpoint
+    assert manifest["weight_version"] == version and manifest["committed_steps"] == steps
+    again = Runtime.open(MODEL, tmp_path / "data", checkpoint_every_s=0)
+    try:
+        assert again.version == version and again.learner.committed_steps == steps
+        assert all(torch.equal(p, weights[n]) for n, p in again.model.named_parameters())
+        assert again.log.count() == 3 and again.status()["checkpoint"]["seq"] == manifest["seq"]
+    finally:
+        again.close()
