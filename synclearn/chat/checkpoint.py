@@ -12,15 +12,15 @@ A checkpoint directory holds numbered folders and one manifest naming the curren
 
 Each save writes a NEW folder, then swaps the manifest. A crash at any point before the
 manifest's rename leaves the previous manifest pointing at an intact previous folder; a
-crash after it leaves the new one complete. Folders no manifest names are removed after the
-swap (the newest ``keep`` stay).
+crash after it leaves the new one complete. After the swap, every folder but the last
+``keep`` saved ones (listed in the manifest's ``kept``) is removed, half-written ones too.
 
 The manifest (``checkpoint.json``)::
 
     {"format": 1, "seq": 7, "folder": "ckpt-000007", "model": "dir" | "weights",
      "base": "mcsd-tiny", "seed": 0, "update": "sparse", "weight_version": 37,
      "committed_steps": 37, "saved_at": <unix s, when the snapshot was taken>,
-     "log": {"rows": 120, "max_id": 131}}
+     "kept": ["ckpt-000006", "ckpt-000007"], "log": {"rows": 120, "max_id": 131}}
 
 A save holds the learner's step lock throughout, so weights and optimizer rows are from the
 same step and saves never overlap; serving keeps going (it only reads the weights). The lock
@@ -138,14 +138,16 @@ class CheckpointStore:
             state = learner.state_dict()
             atomic_write_bytes(folder / "learner.pt", lambda tmp: torch.save(state, tmp))
             _fsync_dir(folder)
+            kept = [f for f in (previous or {}).get("kept", []) if (self.root / f).is_dir()]
             manifest = {"format": FORMAT, "seq": seq, "folder": folder.name, "model": "dir" if plain else "weights",
                         "base": str(base), "seed": int(seed), "update": learner.update, "weight_version": version,
-                        "committed_steps": learner.committed_steps, "saved_at": saved_at}
+                        "committed_steps": learner.committed_steps, "saved_at": saved_at,
+                        "kept": (kept + [folder.name])[-self.keep:]}
             if log is not None:
                 ids = log.ids()
                 manifest["log"] = {"rows": len(ids), "max_id": ids[-1] if ids else None}
             atomic_write_bytes(self.root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
-            self._prune(folder.name)
+            self._prune(manifest["kept"])
             return manifest
 
     def _folder_seqs(self) -> list[int]:
@@ -153,10 +155,10 @@ class CheckpointStore:
             return []
         return [int(m.group(1)) for p in self.root.iterdir() if (m := _FOLDER.match(p.name))]
 
-    def _prune(self, current: str) -> None:
-        folders = sorted((p for p in self.root.iterdir() if _FOLDER.match(p.name)), key=lambda p: int(p.name[5:]))
-        for p in folders[: max(0, len(folders) - self.keep)]:
-            if p.name != current:
+    def _prune(self, kept: list[str]) -> None:
+        """Remove folders no manifest keeps (older ones, and any a crash left half-written)."""
+        for p in self.root.iterdir():
+            if _FOLDER.match(p.name) and p.name not in kept:
                 shutil.rmtree(p, ignore_errors=True)
         for p in self.root.iterdir():  # temp files of an interrupted manifest write
             if p.name.startswith(f".{MANIFEST}."):
