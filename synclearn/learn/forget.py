@@ -145,15 +145,16 @@ def _targets(learner: Any, ids, session_id, match) -> tuple[list[int], list[dict
 
 
 def _retained(learner: Any, forgotten: set[int], k: int) -> list[dict]:
-    """Up to ``k`` remembered examples: the latest journaled ones, else learned log rows."""
+    """Up to ``k`` remembered examples: the latest journaled ones, else the latest log rows."""
     out: list[dict] = []
     if learner.journal is not None:
         for index in reversed(learner.journal.indices):
             for e in learner.journal.load(index).examples:
                 if isinstance(e, dict) and e.get("id") not in forgotten and len(out) < k:
                     out.append(e)
-    if not out and learner.log is not None:
+    if not out and learner.log is not None:  # learned rows first, else any remaining rows
         keep = [i for i in learner.log.ids(learned=True) if i not in forgotten][-k:]
+        keep = keep or [i for i in learner.log.ids() if i not in forgotten][-k:]
         out = [{"id": r["id"], "prompt": r["prompt"], "response": r["response"]} for r in learner.log.get_many(keep)]
     return out
 
@@ -175,7 +176,8 @@ def forget(learner: Any, *, ids: Sequence[int] | None = None, session_id: str | 
         journal = learner.journal
         first = journal.first_using(targets) if journal is not None else None
         learned_rows = learner.log is not None and any(r["learned_at"] for r in learner.log.get_many(found))
-        report.learned = first is not None or learned_rows
+        # without a journal nothing proves a record was never learned: assume it was
+        report.learned = first is not None or learned_rows or journal is None
         exact_possible = journal is not None and (first is None and not learned_rows or
                                                   first is not None and journal.covers(first))
         if mode == "auto":
@@ -302,12 +304,14 @@ def _approximate(learner: Any, examples: list[dict], retained: list[dict], repor
         raise ForgetError("approximate forgetting needs the records' text (from the log or the journal)")
     forget_set = [{"prompt": e["prompt"], "response": e["response"]} for e in examples]
     retain_set = [{"prompt": e["prompt"], "response": e["response"]} for e in retained]
-    target = mean_nll(learner, shuffled_controls(forget_set, seed))
+    controls = shuffled_controls(forget_set, seed)
     saved_lr = _set_lr(learner, lr)
+    target = None
     try:
         for step in range(max_steps):
-            current = mean_nll(learner, forget_set)
-            if target is not None and current is not None and current >= target:
+            # the never-seen level moves as the model changes: compare against it every step
+            current, target = mean_nll(learner, forget_set), mean_nll(learner, controls)
+            if current >= target:
                 break
             batch = build_batch(learner.model.tokenizer, forget_set + retain_set, max_seq_len=learner.max_seq_len,
                                 pad_id=learner.pad_id, device=learner.model.device)

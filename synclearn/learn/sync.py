@@ -51,12 +51,15 @@ class LearnerHandle:
         poll_s: how often to look for new rows when not woken by a new turn.
         on_error: "continue" or "stop" after an exception in a step.
         max_steps: stop after this many committed steps (None: until detached).
+        consolidation: a :class:`~synclearn.memory.Consolidation`; it observes every learned
+            batch (importance from traffic) and is applied every ``consolidate_every`` steps.
     """
 
     def __init__(self, learner: Any, session: Any, *, log: Any = None, batch_size: int = 4, replay_ratio: float = 0.5,
                  policy: Any = uniform, seed: int | None = None, learn_threads: int = 1, idle_only: bool = True,
                  max_defer_s: float = 2.0, idle_replay: bool = False, poll_s: float = 0.5,
-                 on_error: str = "continue", max_steps: int | None = None) -> None:
+                 on_error: str = "continue", max_steps: int | None = None, consolidation: Any = None,
+                 consolidate_every: int = 50) -> None:
         for candidate in (log, session.log, learner.log):
             if candidate is not None:
                 log = candidate
@@ -73,6 +76,7 @@ class LearnerHandle:
                                           seed=learner.seed if seed is None else seed)
         self.learn_threads, self.idle_only, self.max_defer_s = learn_threads, idle_only, max_defer_s
         self.idle_replay, self.poll_s, self.on_error, self.max_steps = idle_replay, poll_s, on_error, max_steps
+        self.consolidation, self.consolidate_every = consolidation, max(1, consolidate_every)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._progress = threading.Condition()
@@ -194,6 +198,10 @@ class LearnerHandle:
         if result.skipped:
             self._update(skipped=1, error=f"step skipped: {result.reason}", learning_s=time.perf_counter() - t1)
             return "skipped"
+        if self.consolidation is not None:
+            self.consolidation.observe(learnable)
+            if (self._status["steps"] + 1) % self.consolidate_every == 0:
+                self.consolidation.consolidate()
         self._update(steps=1, examples=len(learnable), last_loss=result.loss, version=result.version,
                      learning_s=time.perf_counter() - t1)
         return "learned"

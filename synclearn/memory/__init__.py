@@ -4,7 +4,14 @@
   deletes that really delete). See ``synclearn.memory.log``.
 * Replay policies with one signature ``policy(candidates, k, rng, now) -> ids`` and
   ``ReplayBatchBuilder``, which feeds ``Learner.step``. See ``synclearn.memory.replay``.
+* ``StepJournal``: undo records of every learning step, for exact forgetting.
+* ``Consolidation``: per-neuron importance and the lock / damp / EWC policies.
+* ``Fading``: memories below a retention threshold leave replay (and, by policy, the log).
 """
+
+from synclearn.memory.consolidate import Consolidation, NeuronImportance
+from synclearn.memory.decay import Fading
+from synclearn.memory.journal import StepJournal, StepRecord
 
 from synclearn.memory.log import (
     INITIAL_STRENGTH_S,
@@ -50,4 +57,9 @@ __all__ = [
     "RetentionAware",
     "weighted_sample",
     "ReplayBatchBuilder",
+    "StepJournal",
+    "StepRecord",
+    "Consolidation",
+    "NeuronImportance",
+    "Fading",
 ]
