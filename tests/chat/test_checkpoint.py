@@ -157,3 +157,33 @@ def test_the_log_survives_as_the_log(tmp_path):
     assert manifest["log"] == {"rows": 1, "max_id": 1}
     with InteractionLog(tmp_path / "log.db") as log:
         assert log.count() == 1
+
+
+def test_a_hugging_face_model_serves_learns_and_resumes(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.chat.conftest import openai_client, serve_runtime
+
+    cfg = LlamaConfig(vocab_size=264, hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    rt = Runtime.open(tmp_path / "llama", tmp_path / "data", checkpoint_every_s=0)
+    with serve_runtime(rt, model_name="llama") as srv:
+        client = openai_client(srv.url)
+        history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                   {"role": "user", "content": "again"}]
+        comp = client.chat.completions.create(model="llama", messages=history, max_tokens=6, temperature=0.9)
+        assert comp.model_extra["synclearn"]["interaction_id"] == 1
+        rt.attach(batch_size=2, idle_replay=True, max_steps=2)
+        for i in range(2):
+            client.chat.completions.create(model="llama", messages=[{"role": "user", "content": f"q{i}"}], max_tokens=6,
+                                           temperature=0.9)
+        assert rt.handle.wait_for_steps(2, 60)
+    rt.close()
+    assert rt.last_checkpoint["model"] == "weights" and rt.last_checkpoint["weight_version"] == 2
+    again = Runtime.open(tmp_path / "llama", tmp_path / "data", checkpoint_every_s=0)
+    try:
+        assert again.version == 2 and same_tensors(again.model.state_dict(), rt.model.state_dict())
+    finally:
+        again.close()
