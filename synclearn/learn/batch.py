@@ -25,7 +25,13 @@ class LearnerInputError(ValueError):
 
 @dataclass
 class Batch:
-    """Shapes: inputs/targets/mask [B, T]; weights [B]."""
+    """A language-modelling batch. Shapes: inputs/targets/mask [B, T]; weights [B].
+
+    Every batch the Learner takes has ``inputs`` (what the model is called on), ``mask``
+    (which positions count when recording activations; None = all), ``weights``, ``ids``,
+    ``tokens`` and ``loss(logits) -> (loss, per-example loss)``; :class:`LabelBatch` is the
+    classification counterpart.
+    """
 
     inputs: Tensor
     targets: Tensor
@@ -36,6 +42,45 @@ class Batch:
     @property
     def tokens(self) -> int:
         return int(self.mask.sum())
+
+    def loss(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        return masked_loss(logits, self)
+
+
+@dataclass
+class LabelBatch:
+    """A classification batch: inputs [B, ...], labels [B] int64, weights [B].
+
+    ``allowed`` [C] bool optionally restricts the classes the loss competes over (a
+    task-incremental head); logits outside it are masked out.
+    """
+
+    inputs: Tensor
+    labels: Tensor
+    weights: Tensor | None = None
+    allowed: Tensor | None = None
+    ids: list[int | None] | None = None
+    mask = None  # every row counts when recording activations
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            self.weights = torch.ones(len(self.labels), device=self.labels.device)
+        if self.ids is None:
+            self.ids = [None] * len(self.labels)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.labels)
+
+    def loss(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        logits = logits.float()
+        if self.allowed is not None:
+            logits = logits.masked_fill(~self.allowed.to(logits.device), float("-inf"))
+        ce = torch.nn.functional.cross_entropy(logits, self.labels, reduction="none")  # [B]
+        denom = self.weights.abs().sum()
+        if denom <= 0:
+            raise LearnerInputError("the batch has no weighted examples (all weights are 0)")
+        return (ce * self.weights).sum() / denom, ce.detach()
 
 
 def encode_example(tokenizer: Any, example: Any, index: int) -> tuple[list[int], list[float], float, int | None]:

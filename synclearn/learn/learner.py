@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from synclearn.learn.batch import Batch, LearnerInputError, build_batch, masked_loss
+from synclearn.learn.batch import Batch, LearnerInputError, build_batch
 from synclearn.learn.guard import guard_for
 from synclearn.learn.optim import RowSparseAdamW
 from synclearn.learn.select import SELECTORS
@@ -158,7 +158,7 @@ class Learner:
         self.regularizers: list[Any] = []  # callables -> scalar added to the loss (EWC/MAS for LoRA/full)
         self.committed_steps = 0
         self._lock = threading.RLock()  # one step (or forget) at a time
-        self.pad_id = getattr(model.tokenizer, "PAD", 0) or 0
+        self.pad_id = getattr(getattr(model, "tokenizer", None), "PAD", 0) or 0
         if journal is not None and not hasattr(journal, "record"):
             from synclearn.memory.journal import StepJournal
 
@@ -265,10 +265,16 @@ class Learner:
     # -- the step ----------------------------------------------------------------------------------
     def step(self, examples: Sequence[Any]) -> StepResult:
         """Learn from ``examples`` (see :mod:`synclearn.learn.batch` for their form)."""
+        batch = build_batch(self.model.tokenizer, examples, max_seq_len=self.max_seq_len,
+                            pad_id=self.pad_id, device=self.model.device)
+        return self.step_batch(batch, list(examples))
+
+    def step_batch(self, batch: Any, examples: Any = None) -> StepResult:
+        """Learn from a prepared batch (a :class:`~synclearn.learn.batch.Batch`, or a
+        :class:`~synclearn.learn.batch.LabelBatch` for classifiers). ``examples`` is what the
+        journal records to re-run the step (default: the batch itself)."""
         with self._lock:
             t0 = time.perf_counter()
-            batch = build_batch(self.model.tokenizer, examples, max_seq_len=self.max_seq_len,
-                                pad_id=self.pad_id, device=self.model.device)
             index = self.committed_steps
             if self.update == "sparse":
                 result, undo = self._sparse_step(batch)
@@ -277,7 +283,7 @@ class Learner:
             if undo is not None and self.journal is not None:
                 from synclearn.memory.journal import StepRecord
 
-                self.journal.record(StepRecord(index, list(examples), undo))
+                self.journal.record(StepRecord(index, examples if examples is not None else [batch], undo))
             result.tokens, result.ids, result.seconds = batch.tokens, batch.ids, time.perf_counter() - t0
             return result
 
@@ -321,7 +327,7 @@ class Learner:
         slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items()}
         overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
         with neuron_context(overrides=overrides):
-            loss, per_example = masked_loss(self.model(batch.inputs), batch)
+            loss, per_example = batch.loss(self.model(batch.inputs))
         if not torch.isfinite(loss):
             return self._skip(loss, "non-finite loss")
         leaves = [leaf for sl in slices.values() for leaf in sl.leaves]
@@ -358,7 +364,7 @@ class Learner:
                           example_losses=per_example.tolist()), undo
 
     def _dense_step(self, batch: Batch) -> tuple[StepResult, dict | None]:
-        loss, per_example = masked_loss(self.model(batch.inputs), batch)
+        loss, per_example = batch.loss(self.model(batch.inputs))
         for regularizer in self.regularizers:
             loss = loss + regularizer()
         if not torch.isfinite(loss):
