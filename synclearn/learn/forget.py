@@ -315,7 +315,10 @@ def _approximate(learner: Any, examples: list[dict], retained: list[dict], repor
                 break
             batch = build_batch(learner.model.tokenizer, forget_set + retain_set, max_seq_len=learner.max_seq_len,
                                 pad_id=learner.pad_id, device=learner.model.device)
-            batch.weights[: len(forget_set)] = -1.0  # ascend on the forgotten, descend on the retained
+            # gradient difference, each set weighted as a whole: ascend on the mean loss of the
+            # forgotten records, descend on the mean loss of the retained ones
+            batch.weights[: len(forget_set)] = -1.0 / len(forget_set)
+            batch.weights[len(forget_set) :] = 1.0 / max(1, len(retain_set))
             result, _ = (learner._sparse_step if learner.update == "sparse" else learner._dense_step)(batch)
             report.unlearn_steps += 0 if result.skipped else 1
     finally:
