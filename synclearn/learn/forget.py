@@ -161,8 +161,12 @@ def _retained(learner: Any, forgotten: set[int], k: int) -> list[dict]:
 
 def forget(learner: Any, *, ids: Sequence[int] | None = None, session_id: str | None = None, match: str | None = None,
            mode: str = "exact", retain_k: int = 16, max_unlearn_steps: int = 50, unlearn_lr: float | None = None,
-           seed: int = 0) -> ForgetReport:
-    """Carry out a forget request; see the module docstring. Returns the verified report."""
+           retain_weight: float = 3.0, seed: int = 0) -> ForgetReport:
+    """Carry out a forget request; see the module docstring. Returns the verified report.
+
+    ``retain_k``, ``max_unlearn_steps``, ``unlearn_lr`` and ``retain_weight`` (how much the
+    retained records' loss counts against the forgotten ones') tune approximate mode.
+    """
     if mode not in MODES:
         raise ForgetError(f"mode={mode!r} (expected one of {MODES})")
     with learner._lock:
@@ -198,7 +202,7 @@ def forget(learner: Any, *, ids: Sequence[int] | None = None, session_id: str | 
             _exact(learner, targets, first, report)
         else:
             report.mode = "approximate"
-            _approximate(learner, examples, retained, report, max_unlearn_steps, unlearn_lr, seed)
+            _approximate(learner, examples, retained, report, max_unlearn_steps, unlearn_lr, seed, retain_weight)
             report.deleted = _delete_rows(learner, found)
         report.forgotten_nll_after = mean_nll(learner, examples)
         report.control_nll = mean_nll(learner, shuffled_controls(examples, seed))
@@ -299,7 +303,7 @@ def recover(learner: Any) -> str:
 
 # -- approximate: gradient ascent on the forgotten, descent on the retained -----------------------
 def _approximate(learner: Any, examples: list[dict], retained: list[dict], report: ForgetReport,
-                 max_steps: int, lr: float | None, seed: int) -> None:
+                 max_steps: int, lr: float | None, seed: int, retain_weight: float) -> None:
     if not examples:
         raise ForgetError("approximate forgetting needs the records' text (from the log or the journal)")
     forget_set = [{"prompt": e["prompt"], "response": e["response"]} for e in examples]
@@ -316,9 +320,9 @@ def _approximate(learner: Any, examples: list[dict], retained: list[dict], repor
             batch = build_batch(learner.model.tokenizer, forget_set + retain_set, max_seq_len=learner.max_seq_len,
                                 pad_id=learner.pad_id, device=learner.model.device)
             # gradient difference, each set weighted as a whole: ascend on the mean loss of the
-            # forgotten records, descend on the mean loss of the retained ones
+            # forgotten records, descend on ``retain_weight`` x the mean loss of the retained ones
             batch.weights[: len(forget_set)] = -1.0 / len(forget_set)
-            batch.weights[len(forget_set) :] = 1.0 / max(1, len(retain_set))
+            batch.weights[len(forget_set) :] = retain_weight / max(1, len(retain_set))
             result, _ = (learner._sparse_step if learner.update == "sparse" else learner._dense_step)(batch)
             report.unlearn_steps += 0 if result.skipped else 1
     finally:
