@@ -11,9 +11,13 @@ token is computed from a half-written update, and attach/detach never pause serv
 Sharing the device:
 
 * CPU: the learner thread runs with ``learn_threads`` intra-op threads (OpenMP thread
-  counts are per thread, so serving keeps its own), and a governor makes it start steps
-  only while no request is in flight; when requests never stop, it learns anyway once it
-  has deferred ``max_defer_s`` seconds, so learning cannot starve.
+  counts are per thread, so serving keeps its own), and a governor keeps serving first:
+  a step starts only while no request is in flight, and a step already running pauses at
+  the next layer boundary when a request arrives (``yield_to_serving``), resuming when the
+  session is idle again. When requests never stop, it learns anyway once it has waited
+  ``max_defer_s`` seconds at a time, so learning cannot starve. While attached, the
+  interpreter's thread switch interval is lowered (``switch_interval_s``) so a decode step
+  never waits long for the GIL behind the learner's Python code.
 * CUDA: the learner runs on its own low-priority stream; the session serves on a
   high-priority one (see :class:`~synclearn.chat.ChatSession`).
 
@@ -26,6 +30,7 @@ stops (``"stop"``).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -34,6 +39,7 @@ from typing import Any
 import torch
 
 from synclearn.memory.replay import ReplayBatchBuilder, uniform
+from synclearn.model.neurons import neuron_context
 
 
 class LearnerHandle:
@@ -53,13 +59,16 @@ class LearnerHandle:
         max_steps: stop after this many committed steps (None: until detached).
         consolidation: a :class:`~synclearn.memory.Consolidation`; it observes every learned
             batch (importance from traffic) and is applied every ``consolidate_every`` steps.
+        yield_to_serving: pause a running step at layer boundaries while requests are in flight.
+        switch_interval_s: ``sys.setswitchinterval`` while attached (None: leave it alone).
     """
 
     def __init__(self, learner: Any, session: Any, *, log: Any = None, batch_size: int = 4, replay_ratio: float = 0.5,
                  policy: Any = uniform, seed: int | None = None, learn_threads: int = 1, idle_only: bool = True,
                  max_defer_s: float = 2.0, idle_replay: bool = False, poll_s: float = 0.5,
                  on_error: str = "continue", max_steps: int | None = None, consolidation: Any = None,
-                 consolidate_every: int = 50) -> None:
+                 consolidate_every: int = 50, yield_to_serving: bool = True,
+                 switch_interval_s: float | None = 0.0005) -> None:
         for candidate in (log, session.log, learner.log):
             if candidate is not None:
                 log = candidate
@@ -77,12 +86,13 @@ class LearnerHandle:
         self.learn_threads, self.idle_only, self.max_defer_s = learn_threads, idle_only, max_defer_s
         self.idle_replay, self.poll_s, self.on_error, self.max_steps = idle_replay, poll_s, on_error, max_steps
         self.consolidation, self.consolidate_every = consolidation, max(1, consolidate_every)
+        self.yield_to_serving, self.switch_interval_s = yield_to_serving, switch_interval_s
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._status: dict[str, Any] = {"attached": True, "steps": 0, "skipped": 0, "examples": 0, "last_loss": None,
                                         "version": learner.guard.version, "errors": [], "learning_s": 0.0,
-                                        "waiting_s": 0.0, "deferred": 0, "stopped_reason": None}
+                                        "waiting_s": 0.0, "paused_s": 0.0, "deferred": 0, "stopped_reason": None}
         self._listener = lambda rid: self._wake.set()
         session._listeners.append(self._listener)
         self._thread = threading.Thread(target=self._run, name="synclearn-learner", daemon=True)
@@ -107,7 +117,8 @@ class LearnerHandle:
 
     def status(self) -> dict[str, Any]:
         """A snapshot: steps, skipped, examples, last_loss, version, errors, learning_s,
-        waiting_s, deferred (steps delayed by serving), attached, stopped_reason."""
+        waiting_s, paused_s (time a running step yielded to serving), deferred (steps delayed
+        by serving), attached, stopped_reason."""
         with self._progress:
             out = dict(self._status)
             out["errors"] = list(out["errors"])
@@ -126,7 +137,7 @@ class LearnerHandle:
             for key, value in changes.items():
                 if key in ("steps", "skipped", "examples", "deferred"):
                     self._status[key] += value
-                elif key in ("learning_s", "waiting_s"):
+                elif key in ("learning_s", "waiting_s", "paused_s"):
                     self._status[key] += value
                 elif key == "error":
                     self._status["errors"] = (self._status["errors"] + [value])[-20:]
@@ -134,14 +145,30 @@ class LearnerHandle:
                     self._status[key] = value
             self._progress.notify_all()
 
+    def _pause(self) -> None:
+        """Called before each MLP layer of the learner's passes: serving goes first."""
+        if self.session.busy and not self._stop.is_set():
+            t0 = time.perf_counter()
+            self.session.wait_idle(self.max_defer_s)
+            self._update(paused_s=time.perf_counter() - t0)
+
     def _run(self) -> None:
         device = self.learner.model.device
-        if device.type == "cuda":
-            with torch.cuda.stream(torch.cuda.Stream(device=device, priority=0)):
-                self._loop()
-        else:
-            torch.set_num_threads(self.learn_threads)  # this thread only (OpenMP)
-            self._loop()
+        old_interval = sys.getswitchinterval()
+        if self.switch_interval_s is not None:
+            sys.setswitchinterval(self.switch_interval_s)
+        pause = self._pause if self.yield_to_serving and self.idle_only else None
+        try:
+            with neuron_context(pause=pause):
+                if device.type == "cuda":
+                    with torch.cuda.stream(torch.cuda.Stream(device=device, priority=0)):
+                        self._loop()
+                else:
+                    torch.set_num_threads(self.learn_threads)  # this thread only (OpenMP)
+                    self._loop()
+        finally:
+            if self.switch_interval_s is not None:
+                sys.setswitchinterval(old_interval)
 
     def _loop(self) -> None:
         reason = "detached"

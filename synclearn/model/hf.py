@@ -112,6 +112,8 @@ def _gated_mlp_forward(self: nn.Module, x: Tensor) -> Tensor:
     """Replacement forward for a Llama-style MLP that honours the neuron context."""
     ctx = current_neuron_context()
     if ctx is not None:
+        if ctx.pause is not None:
+            ctx.pause()
         override = ctx.overrides.get(self.layer_index)
         if override is not None:
             return override(x)

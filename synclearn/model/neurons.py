@@ -120,20 +120,33 @@ MLPOverride = Callable[[Tensor], Tensor]
 
 @dataclass
 class NeuronContext:
-    """What the MLPs of one call should do besides their plain computation."""
+    """What the MLPs of one call should do besides their plain computation.
+
+    ``pause`` is called before every MLP layer runs: a learner thread uses it to yield to
+    serving at layer boundaries (see :mod:`synclearn.learn.sync`).
+    """
 
     trace: NeuronTrace | None = None
     overrides: dict[int, MLPOverride] = field(default_factory=dict)
+    pause: Callable[[], None] | None = None
 
 
 _CONTEXT: ContextVar[NeuronContext | None] = ContextVar("synclearn_neuron_context", default=None)
 
 
 @contextlib.contextmanager
-def neuron_context(trace: NeuronTrace | None = None, overrides: dict[int, MLPOverride] | None = None) -> Iterator[NeuronContext]:
+def neuron_context(
+    trace: NeuronTrace | None = None,
+    overrides: dict[int, MLPOverride] | None = None,
+    pause: Callable[[], None] | None = None,
+) -> Iterator[NeuronContext]:
     """Within this block (this thread only), MLP layer ``i`` runs ``overrides[i](x)`` instead of
-    its own computation, and every dense MLP records into ``trace``."""
-    ctx = NeuronContext(trace, dict(overrides or {}))
+    its own computation, every dense MLP records into ``trace``, and ``pause()`` runs before each
+    MLP layer (inherited from an enclosing context when not given)."""
+    outer = _CONTEXT.get()
+    if pause is None and outer is not None:
+        pause = outer.pause
+    ctx = NeuronContext(trace, dict(overrides or {}), pause)
     token = _CONTEXT.set(ctx)
     try:
         yield ctx
@@ -185,6 +198,8 @@ class SelectableMLP(nn.Module):
         (so does the trace of an enclosing :func:`neuron_context`)."""
         ctx = _CONTEXT.get()
         if ctx is not None:
+            if ctx.pause is not None:
+                ctx.pause()
             override = ctx.overrides.get(self.layer_index)
             if override is not None:
                 return override(x)
