@@ -28,20 +28,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mcsd-1b")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--fraction", type=float, default=0.05)
     ap.add_argument("--out", default="experiments/out/scale_1b.json")
     args = ap.parse_args()
     common = ["--model", args.model, "--steps", str(args.steps), "--batch", str(args.batch),
-              "--fraction", str(args.fraction), "--dtype", args.dtype]
+              "--fraction", str(args.fraction), "--dtype", args.dtype, "--device", args.device]
     rows = [run_child(BENCH, [*common, "--family", f]) for f in ("infer", "sparse")]
     infer, learn = rows
     for r in rows:
         r["rss_vs_infer"] = r["peak_rss_mb"] / infer["peak_rss_mb"]
     print(f"\n{args.model}: {infer['params'] / 1e9:.3f}B parameters, {args.dtype} weights, "
           f"{infer['batch_tokens']} tokens per batch\n")
-    print_table(rows, ["family", "load_rss_mb", "peak_rss_mb", "rss_vs_infer", "s_per_step", "tokens_per_s"])
+    print_table(rows, ["family", "load_rss_mb", "peak_rss_mb", "peak_gpu_mb", "rss_vs_infer", "s_per_step", "tokens_per_s"])
     ratio = learn["peak_rss_mb"] / infer["peak_rss_mb"]
     goal = {"value": ratio, "target": 1.3, "met": ratio <= 1.3 and learn["skipped"] == 0}
     print(f"\nlearning loss {learn['loss_first']:.3f} -> {learn['loss_last']:.3f} over {args.steps} steps; "
