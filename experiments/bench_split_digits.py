@@ -1,0 +1,106 @@
+"""Split-Digits side by side: every method, class- and task-incremental, over seeds (issue 8).
+
+For each (method, setting) the 5-task split-digits stream (:mod:`synclearn.eval.split_digits`)
+runs once per seed; the table gives ACC, BWT and forgetting (Chaudhry et al. 2018) as
+mean ± std over seeds (sample std), and training seconds. Goal: class-incremental ACC of
+"consolidation" (sparse + replay + lock) >= that of "replay" with the same buffer.
+
+``--lrs`` runs a learning-rate sweep instead (one row per method and lr; tune on seeds other
+than the reported ones, e.g. ``--seeds 100 101``). Torch runs on ``--threads`` threads (the
+model is tiny: one thread is fastest, and timings are comparable across methods).
+
+    python experiments/bench_split_digits.py [--seeds 0 1 2] [--methods naive replay ...]
+        [--settings class task] [--epochs 5] [--buffer-size 200] [--neuron-fraction 0.05]
+        [--lrs 1e-3 3e-3 1e-2] [--out experiments/out/bench_split_digits.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, print_table, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def summarize_runs(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """Group runs by ``keys`` (first-seen order); mean ± std of each metric over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    rows = []
+    for key, rs in groups.items():
+        row = dict(zip(keys, key), seeds=len(rs))
+        for m in ("acc", "bwt", "forgetting", "fwt", "seconds"):
+            mu, sd = mean_std([r[m] for r in rs])
+            row[m], row[f"{m}_std"] = mu, sd
+            row[m.upper() if m != "seconds" else m] = f"{mu:.3f} ± {sd:.3f}" if m != "seconds" else f"{mu:.1f}"
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    import torch
+
+    from synclearn.eval.split_digits import METHODS, SETTINGS, run_split_digits
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--buffer-size", type=int, default=200)
+    ap.add_argument("--neuron-fraction", type=float, default=0.05)
+    ap.add_argument("--lock-fraction", type=float, default=0.1)
+    ap.add_argument("--lrs", nargs="+", type=float, default=None, help="sweep these learning rates")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_split_digits.json")
+    ap.add_argument("--plots", action="store_true", help="also write a heatmap per run next to --out")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    runs, t0 = [], time.perf_counter()
+    plot_dir = args.out.parent / args.out.stem if args.plots else None
+    for setting in args.settings:
+        for method in args.methods:
+            for lr in args.lrs or [None]:
+                for seed in args.seeds:
+                    kw = {} if lr is None else {"lr": lr}
+                    r = run_split_digits(method, setting, seed=seed, buffer_size=args.buffer_size, epochs=args.epochs,
+                                         batch_size=args.batch_size, neuron_fraction=args.neuron_fraction,
+                                         lock_fraction=args.lock_fraction, out_dir=plot_dir, **kw)
+                    runs.append(r)
+                    print(f"  {setting:5s} {method:14s} lr={r['lr']:g} seed={seed}: ACC {r['acc']:.3f} "
+                          f"BWT {r['bwt']:.3f} F {r['forgetting']:.3f} ({r['seconds']:.1f} s)", flush=True)
+    keys = ("method", "setting", "lr") if args.lrs else ("method", "setting")
+    rows = summarize_runs(runs, keys)
+    print()
+    print_table(rows, [*keys, "seeds", "ACC", "BWT", "FORGETTING", "FWT", "seconds"])
+    goal = None
+    by = {(r["method"], r["setting"]): r for r in rows}
+    if not args.lrs and ("consolidation", "class") in by and ("replay", "class") in by:
+        ours, base = by[("consolidation", "class")]["acc"], by[("replay", "class")]["acc"]
+        goal = {"consolidation_acc": ours, "replay_acc": base, "met": ours >= base}
+        print(f"\ngoal (class-IL ACC consolidation >= replay, buffer {args.buffer_size}, "
+              f"{args.neuron_fraction:.0%} neurons): {ours:.3f} vs {base:.3f} -> {'met' if goal['met'] else 'NOT met'}")
+    write_json(args.out, {"benchmark": "split_digits", "args": vars(args), "environment": environment(),
+                          "wall_seconds": time.perf_counter() - t0, "goal": goal, "summary": rows, "runs": runs})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
