@@ -48,6 +48,7 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -117,8 +118,6 @@ class SessionTable:
         chat = entry.chat = rt.new_session(chat.session_id, system=system)
         entry.system = system
         if history:  # prefill the conversation so far, under the read lock like every model call
-            import torch
-
             tok = rt.model.tokenizer
             msgs = ([{"role": "system", "content": system}] if system is not None else []) + history
             bos = getattr(tok, "BOS", None)

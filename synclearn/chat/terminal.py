@@ -1,17 +1,9 @@
 """Terminal chat over a :class:`~synclearn.chat.runtime.Runtime`: streaming answers and commands.
 
-Type a message to get a streamed answer. Commands start with ``/``:
-
-    /learn on [batch_size]   attach the learner (learns from this chat in the background)
-    /learn off               detach it
-    /+  /-                   feedback on the last answer (good / bad)
-    /correct TEXT            the answer the last one should have been (alias /fix)
-    /forget                  forget this whole session (log rows and their influence on the weights)
-    /forget TEXT             forget this session's turns that mention TEXT
-    /status                  weight version, learner steps, log size, last checkpoint
-    /save                    write a checkpoint now
-    /reset                   start the conversation over (the log keeps what was said)
-    /help  /quit
+Type a message to get a streamed answer; lines starting with ``/`` are commands (``HELP``
+lists them): learn on/off, feedback (+/-/correction), forget (the session or by text),
+status, save, reset, quit. Ctrl-C during an answer stops it (that turn is not logged); at the
+prompt, it ends the chat.
 
 Everything runs against injected ``input``/``output`` streams, so tests drive the real thing.
 Model output is shown with control characters replaced, so a reply cannot move the cursor
@@ -26,7 +18,17 @@ from typing import Any, TextIO
 from synclearn.chat.runtime import Conflict, NotFound, Runtime, with_safe_stops
 from synclearn.memory import LogError
 
-HELP = __doc__.split("Type a message", 1)[1].split("Everything runs", 1)[0].rstrip()
+HELP = """\
+  /learn on [batch_size]   attach the learner (it learns from this chat in the background)
+  /learn off               detach it
+  /+  /-                   feedback on the last answer (good / bad)
+  /correct TEXT            the answer the last one should have been (alias /fix)
+  /forget                  forget this whole session (log rows and their influence on the weights)
+  /forget TEXT             forget this session's turns that mention TEXT
+  /status                  weight version, learner steps, log size, last checkpoint
+  /save                    write a checkpoint now
+  /reset                   start the conversation over (the log keeps what was said)
+  /help  /quit"""
 _CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]}
 
 
@@ -109,12 +111,20 @@ class TerminalChat:
                 self.answer(line)
 
     def answer(self, text: str) -> None:
-        """Stream the model's answer to ``text``."""
+        """Stream the model's answer to ``text``; Ctrl-C stops it (the turn is then not logged)."""
+        if "\x00" in text:
+            self.say("error: a message cannot contain a NUL character")
+            return
         self.output.write("bot> ")
+        pieces = self.chat.stream(text)
         try:
-            for piece in self.chat.stream(text):
+            for piece in pieces:
                 self.output.write(printable(piece))
                 self.output.flush()
+        except KeyboardInterrupt:
+            pieces.close()  # abandons the turn: no state change, nothing logged
+            self.say(" [interrupted; not logged]")
+            return
         except (LogError, ValueError, TypeError) as err:
             self.say(f"\nerror: {err}")
             return

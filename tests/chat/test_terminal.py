@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ class ScriptedInput(io.TextIOBase):
 
 def replies(output: str) -> list[str]:
     """The answers printed after each "bot> " prompt."""
-    return [part.split("\n", 1)[0] for part in output.split("bot> ")[1:]]
+    return re.findall(r"bot> (.*?)\nyou> ", output, flags=re.DOTALL)
 
 
 def test_chat_feedback_learn_status_save(runtime):
@@ -73,6 +74,28 @@ def test_feedback_before_any_answer_is_an_error_not_a_crash(runtime):
     out = io.StringIO()
     assert TerminalChat(runtime, input=io.StringIO("/+\n/correct x\n/correct\n"), output=out).run() == 0
     assert out.getvalue().count("error:") == 3 and runtime.log.count() == 0
+
+
+class InterruptOnce(io.StringIO):
+    """An output stream where the user presses Ctrl-C while the first answer is printing."""
+
+    fired = False
+
+    def write(self, text):
+        if not self.fired and "bot> " in self.getvalue():
+            self.fired = True
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_ctrl_c_stops_an_answer_without_logging_it(runtime):
+    out = InterruptOnce()
+    chat = TerminalChat(runtime, input=io.StringIO("first\nsecond\nno\x00nul\n"), output=out, max_new_tokens=8,
+                        temperature=0.8, seed=None)
+    assert chat.run() == 0
+    assert "[interrupted; not logged]" in out.getvalue() and "cannot contain a NUL" in out.getvalue()
+    assert [r["prompt"] for r in runtime.log.by_session(chat.session_id)] == ["second"]
+    assert chat.chat.history[0]["content"] == "second" and chat.chat.busy == 0
 
 
 def test_control_characters_never_reach_the_terminal():
