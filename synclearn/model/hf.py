@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from synclearn.model.neurons import NeuronLayout, current_neuron_context
+from synclearn.model.neurons import NeuronLayout, consult_context
 from synclearn.model.tokenizer import ByteTokenizer
 
 
@@ -110,17 +110,13 @@ class _HFStreamDecoder:
 
 def _gated_mlp_forward(self: nn.Module, x: Tensor) -> Tensor:
     """Replacement forward for a Llama-style MLP that honours the neuron context."""
-    ctx = current_neuron_context()
-    if ctx is not None:
-        if ctx.pause is not None:
-            ctx.pause()
-        override = ctx.overrides.get(self.layer_index)
-        if override is not None:
-            return override(x)
-        if ctx.trace is not None:
-            out, h = self.synclearn_layout().forward(x)
-            ctx.trace.record(self.layer_index, h)
-            return out
+    override, trace = consult_context(self.layer_index)
+    if override is not None:
+        return override(x)
+    if trace is not None:
+        out, h = self.synclearn_layout().forward(x)
+        trace.record(self.layer_index, h)
+        return out
     return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -158,6 +158,17 @@ def current_neuron_context() -> NeuronContext | None:
     return _CONTEXT.get()
 
 
+def consult_context(layer_index: int) -> tuple[MLPOverride | None, NeuronTrace | None]:
+    """What an MLP layer must do under the current context: run its ``pause`` hook, then
+    return (its override or None, the context's trace or None)."""
+    ctx = _CONTEXT.get()
+    if ctx is None:
+        return None, None
+    if ctx.pause is not None:
+        ctx.pause()
+    return ctx.overrides.get(layer_index), ctx.trace
+
+
 def squared_relu(x: Tensor) -> Tensor:
     return F.relu(x).square()
 
@@ -196,14 +207,10 @@ class SelectableMLP(nn.Module):
     def forward(self, x: Tensor, *, sparse: SparseSpec | None = None, trace: NeuronTrace | None = None) -> Tensor:
         """x: [..., D] -> [..., D]. ``sparse`` picks the sparse path; ``trace`` records activity
         (so does the trace of an enclosing :func:`neuron_context`)."""
-        ctx = _CONTEXT.get()
-        if ctx is not None:
-            if ctx.pause is not None:
-                ctx.pause()
-            override = ctx.overrides.get(self.layer_index)
-            if override is not None:
-                return override(x)
-            trace = trace or ctx.trace
+        override, context_trace = consult_context(self.layer_index)
+        if override is not None:
+            return override(x)
+        trace = trace or context_trace
         if sparse is not None and sparse.k < self.d_ff:
             if trace is not None:
                 raise ValueError("a NeuronTrace needs the dense path (sparse=None)")
