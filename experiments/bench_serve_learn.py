@@ -108,7 +108,6 @@ def main() -> None:
     handle = learner.attach(idle_session, learn_threads=args.learn_threads, idle_replay=True, poll_s=0.01)
     time.sleep(min(args.seconds, 20))
     alone = handle.detach()
-    alone_rate = alone["steps"] / alone["learning_s"] if alone["learning_s"] else 0.0
     alone_rate_wall = alone["steps"] / min(args.seconds, 20)
 
     rows = []

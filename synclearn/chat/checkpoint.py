@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -48,38 +47,11 @@ from safetensors.torch import save_model as st_save_model
 
 from synclearn.learn.guard import guard_for
 from synclearn.model import load_model, save_model
+from synclearn.model.checkpoint import atomic_write, fsync_dir
 
 MANIFEST = "checkpoint.json"
 FORMAT = 1
 _FOLDER = re.compile(r"^ckpt-(\d{6,})$")
-
-
-def atomic_write_bytes(target: Path, write: Callable[[str], None]) -> None:
-    """Write ``target`` via ``write(temp_path)`` in the same folder, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _is_plain_mcsd(model: Any, learner: Any) -> bool:
@@ -122,7 +94,7 @@ class CheckpointStore:
             seed: the seed ``load_model`` used for a named size.
             log: the InteractionLog, to record its size in the manifest (optional).
         """
-        with learner._lock:  # no step or forget during the save; saves are serialized by it too
+        with learner.exclusive():  # no step or forget during the save; saves are serialized by it too
             self.root.mkdir(parents=True, exist_ok=True)
             previous = self.manifest()
             seq = max([previous["seq"] if previous else 0, *self._folder_seqs()]) + 1
@@ -134,10 +106,10 @@ class CheckpointStore:
             if plain:
                 save_model(model, folder / "model")
             else:
-                atomic_write_bytes(folder / "weights.safetensors", lambda tmp: st_save_model(model, tmp))
+                atomic_write(folder / "weights.safetensors", lambda tmp: st_save_model(model, tmp))
             state = learner.state_dict()
-            atomic_write_bytes(folder / "learner.pt", lambda tmp: torch.save(state, tmp))
-            _fsync_dir(folder)
+            atomic_write(folder / "learner.pt", lambda tmp: torch.save(state, tmp))
+            fsync_dir(folder)
             kept = [f for f in (previous or {}).get("kept", []) if (self.root / f).is_dir()]
             manifest = {"format": FORMAT, "seq": seq, "folder": folder.name, "model": "dir" if plain else "weights",
                         "base": str(base), "seed": int(seed), "update": learner.update, "weight_version": version,
@@ -146,7 +118,7 @@ class CheckpointStore:
             if log is not None:
                 ids = log.ids()
                 manifest["log"] = {"rows": len(ids), "max_id": ids[-1] if ids else None}
-            atomic_write_bytes(self.root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+            atomic_write(self.root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
             self._prune(manifest["kept"])
             return manifest
 

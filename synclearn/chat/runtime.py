@@ -12,10 +12,10 @@ The terminal chat and the server are thin layers over this object::
 Scoping: every call that touches logged rows takes the caller's ``session_id`` and only ever
 selects rows of that session (ids of other sessions are reported as not found).
 
-Many sessions, one learner: :class:`~synclearn.learn.sync.LearnerHandle` attaches to one
-"session" and uses its ``log``, ``busy``, ``wait_idle`` and ``_listeners``. :class:`ServingLoad`
-offers exactly that surface, summed over every session the runtime made, so the learner's
-governor yields to all of them.
+Many sessions, one learner: :class:`~synclearn.learn.sync.LearnerHandle` attaches to anything
+with a ChatSession's load-signal interface (``log``, ``busy``, ``wait_idle``, ``add_listener``,
+``remove_listener``). :class:`ServingLoad` offers it summed over every session the runtime
+made, so the learner's governor yields to all of them.
 
 Restart: :meth:`Runtime.open` restores the last checkpoint (model, learner state, weight
 version). Rows the log marks as learned after that checkpoint's snapshot were learned by
@@ -35,8 +35,6 @@ from synclearn.chat.session import ChatSession
 from synclearn.learn import Learner, guard_for
 from synclearn.memory import InteractionLog
 
-# A generated NUL cannot be logged (the log rejects NUL in text), so replies end there.
-SAFE_STOPS: tuple[str, ...] = ("\x00",)
 ATTACH_OPTIONS = ("batch_size", "replay_ratio", "idle_replay", "max_steps", "max_defer_s", "poll_s", "learn_threads",
                   "idle_only", "on_error", "seed")
 FORGET_MODES = ("exact", "approximate", "auto")
@@ -48,12 +46,6 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The request does not fit the current state (e.g. attach while attached)."""
-
-
-def with_safe_stops(stop: Any) -> list[str]:
-    """``stop`` (None, a string or a list) plus :data:`SAFE_STOPS`."""
-    stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
-    return stops + [s for s in SAFE_STOPS if s not in stops]
 
 
 class ServingLoad:
@@ -86,27 +78,20 @@ class ServingLoad:
             self._busy -= 1
             self._idle.notify_all()
 
+    def add_listener(self, fn: Any) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Any) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     def notify(self, rid: int) -> None:
         """Called by each watched ChatSession with every new row id."""
         for listener in list(self._listeners):
             listener(rid)
 
     def watch(self, chat: ChatSession) -> None:
-        chat._listeners.append(self.notify)
-
-
-def _relearn_after(log: InteractionLog, t: float) -> int:
-    """Mark rows learned after time ``t`` as unlearned; returns how many.
-
-    Uses the log's writer directly: the log has no public "unlearn" call yet.
-    """
-
-    def txn(conn: Any) -> int:
-        seq = conn.execute("UPDATE change_counter SET seq = seq + 1 RETURNING seq").fetchone()[0]
-        return conn.execute("UPDATE interactions SET learned_at = NULL, last_rehearsed_at = NULL, changed_seq = ? "
-                            "WHERE learned_at > ?", (seq, float(t))).rowcount
-
-    return log._write(txn)
+        chat.add_listener(self.notify)
 
 
 class Runtime:
@@ -176,7 +161,7 @@ class Runtime:
                 learn = Learner(net, log, **options)
             else:
                 net, learn, manifest = store.restore(lambda m: Learner(m, log, **options), device=device)
-                _relearn_after(log, manifest["saved_at"])
+                log.unlearn_since(manifest["saved_at"])
         except BaseException:
             log.close()
             raise
@@ -331,7 +316,7 @@ class Runtime:
         Returns the manifest (None when nothing was written)."""
         if self.checkpoints is None:
             return None
-        with self.learner._lock:  # not the control lock: forget() saves from inside the learner's lock
+        with self.learner.exclusive():  # not the control lock: forget() saves from inside the learner's
             last = self.last_checkpoint
             unchanged = last is not None and last["weight_version"] == self.version \
                 and last["committed_steps"] == self.learner.committed_steps

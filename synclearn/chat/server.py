@@ -48,7 +48,6 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -67,7 +66,7 @@ from synclearn.chat.openai_api import (
     read_json,
     split_messages,
 )
-from synclearn.chat.runtime import Conflict, NotFound, Runtime, with_safe_stops
+from synclearn.chat.runtime import Conflict, NotFound, Runtime
 from synclearn.memory import LogError, LogInputError, LogNotFoundError
 
 SESSION_HEADER = "X-Session-Id"
@@ -117,14 +116,8 @@ class SessionTable:
         rt = self.runtime
         chat = entry.chat = rt.new_session(chat.session_id, system=system)
         entry.system = system
-        if history:  # prefill the conversation so far, under the read lock like every model call
-            tok = rt.model.tokenizer
-            msgs = ([{"role": "system", "content": system}] if system is not None else []) + history
-            bos = getattr(tok, "BOS", None)
-            ids = ([bos] if bos is not None else []) + tok.chat(msgs, add_generation_prompt=False)
-            with torch.inference_mode(), rt.guard.read():
-                _, state = rt.model.prefill(torch.tensor([ids], device=rt.model.device), rt.model.init_state(1))
-            chat.state, chat.history, chat.turn = state, list(history), len(history) // 2
+        if history:  # prefill the conversation so far (not logged again)
+            chat.load_history(history, system=system)
         return chat
 
 
@@ -265,7 +258,7 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
         if prompt_tokens > limits.max_prompt_tokens:
             raise APIError(400, f"the conversation has {prompt_tokens} tokens; this server's limit is "
                                 f"{limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
-        sampling = {"max_new_tokens": max_tokens, "stop": with_safe_stops(stop), "seed": req.seed,
+        sampling = {"max_new_tokens": max_tokens, "stop": stop, "seed": req.seed,
                     "temperature": temperature if req.temperature is None else req.temperature,
                     "top_p": top_p if req.top_p is None else req.top_p}
         return system, history, text, sampling, prompt_tokens

@@ -7,8 +7,14 @@ Every decode step and prefill runs under the model's read lock
 records the versions of its first and last token. Completed turns are appended to the
 InteractionLog (if one is given) and the reply carries the new row's id.
 
-The session also counts requests in flight (``busy``); a learner attached to it uses that to
-learn in idle time (:mod:`synclearn.learn.sync`). Turns of one session are serialized.
+The load signal a learner's governor reads (:mod:`synclearn.learn.sync`) is this interface:
+``log``, ``busy`` (requests in flight), ``wait_idle(timeout)`` and ``add_listener(fn)`` /
+``remove_listener(fn)`` (``fn(interaction_id)`` after every logged turn). Anything offering it
+-- e.g. a server's aggregate over many sessions -- can be attached to. Turns of one session
+are serialized.
+
+Replies never contain NUL (the log refuses it): the byte tokenizer never samples byte 0 here,
+and any tokenizer's output stops at a NUL character.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 
 from synclearn.learn.guard import guard_for
 from synclearn.model.generate import SamplingParams, stream_generate
+from synclearn.model.tokenizer import ByteTokenizer
 
 
 @dataclass
@@ -63,6 +70,8 @@ class ChatSession:
         self.model, self.log = model, log
         self.session_id = session_id or uuid.uuid4().hex
         self.system = system
+        if isinstance(getattr(model, "tokenizer", None), ByteTokenizer):
+            sampling.setdefault("ban", (0,))  # the NUL byte
         self.defaults = SamplingParams(**sampling)
         self.guard = guard_for(model)
         self.tokenizer = model.tokenizer
@@ -76,6 +85,14 @@ class ChatSession:
         self._listeners: list = []  # called with each new interaction id (the attached learner)
 
     # -- load signals for the learner's governor -------------------------------------------------
+    def add_listener(self, fn: Any) -> None:
+        """Call ``fn(interaction_id)`` after every logged turn."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Any) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     @property
     def busy(self) -> int:
         """Requests in flight."""
@@ -132,6 +149,8 @@ class ChatSession:
         """Answer ``text``, yielding text pieces as they are generated; the finished
         :class:`Reply` is ``self.last_reply`` afterwards."""
         params = SamplingParams(**{**self.defaults.__dict__, **sampling})
+        if "\x00" not in params.stop:
+            params = SamplingParams(**{**params.__dict__, "stop": [*params.stop, "\x00"]})
         prompt = self._prompt_ids(text)
         self._enter()
         try:
@@ -162,19 +181,34 @@ class ChatSession:
             # close the turn in the state so the next one follows the chat template
             with torch.inference_mode():
                 _, state = self._prefill(torch.tensor([[end]], device=self.model.device), state)
+        rid = None
+        if self.log is not None:  # first: if the log refuses the turn, the session stays as it was
+            rid = self.log.append(session_id=self.session_id, prompt=text, response=gen.text,
+                                  tokens=len(prompt) + len(gen.ids))
         self.state = state
         self.turn += 1
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": gen.text}]
-        rid = None
-        if self.log is not None:
-            rid = self.log.append(session_id=self.session_id, prompt=text, response=gen.text,
-                                  tokens=len(prompt) + len(gen.ids))
+        if rid is not None:
             for listener in list(self._listeners):
                 listener(rid)
         stamps = self._stamps
         ttft = (stamps[0] - t0) if stamps else time.perf_counter() - t0
         self.last_reply = Reply(gen.text, rid, (self._versions[0], self._versions[-1]), len(prompt), len(gen.ids),
                                 gen.stop_reason, ttft, [b - a for a, b in zip(stamps, stamps[1:])])
+
+    def load_history(self, messages: list[dict[str, str]], system: str | None = None) -> None:
+        """Position the session after an earlier conversation (not logged again): the messages
+        (alternating user/assistant, each assistant turn closed) are prefilled into the state."""
+        tok = self.tokenizer
+        msgs = ([{"role": "system", "content": system}] if system is not None else []) + list(messages)
+        bos = getattr(tok, "BOS", None)
+        ids = ([bos] if bos is not None else []) + tok.chat(msgs, add_generation_prompt=False)
+        with self._turn_lock:
+            self._versions, self._stamps = [], []
+            with torch.inference_mode():
+                _, state = self._prefill(torch.tensor([ids], device=self.model.device), self.model.init_state(1))
+            self.system = system
+            self.state, self.history, self.turn = state, list(messages), len(messages) // 2
 
     def reset(self) -> None:
         """Forget the conversation state (the log keeps what was said)."""

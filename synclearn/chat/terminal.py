@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from synclearn.chat.runtime import Conflict, NotFound, Runtime, with_safe_stops
+from synclearn.chat.runtime import Conflict, NotFound, Runtime
 from synclearn.memory import LogError
 
 HELP = """\
@@ -80,7 +80,6 @@ class TerminalChat:
                  session_id: str | None = None, system: str | None = None, **sampling: Any) -> None:
         self.runtime = runtime
         self.input, self.output = input or sys.stdin, output or sys.stdout
-        sampling["stop"] = with_safe_stops(sampling.get("stop"))
         self.chat = runtime.new_session(session_id, system=system, **sampling)
 
     @property

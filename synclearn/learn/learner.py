@@ -20,16 +20,17 @@ Same model, seed and examples give bitwise the same weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from synclearn.learn.batch import Batch, LearnerInputError, build_batch
+from synclearn.learn.batch import Batch, build_batch
 from synclearn.learn.guard import guard_for
 from synclearn.learn.optim import RowSparseAdamW
 from synclearn.learn.select import SELECTORS
@@ -245,6 +246,13 @@ class Learner:
             builder.commit(batch, losses)
             results.append(result)
         return results
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No step, forget or other exclusive block runs while this block does (reentrant):
+        e.g. to checkpoint weights and optimizer rows from the same step."""
+        with self._lock:
+            yield
 
     # -- forgetting ------------------------------------------------------------------------------
     def forget(self, ids: Sequence[int] | None = None, *, session_id: str | None = None, match: str | None = None,

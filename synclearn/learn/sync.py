@@ -47,7 +47,8 @@ class LearnerHandle:
 
     Args:
         learner: the Learner.
-        session: the ChatSession being served.
+        session: the ChatSession being served, or anything with its load-signal interface
+            (``log``, ``busy``, ``wait_idle``, ``add_listener``, ``remove_listener``).
         log: the log to learn from (default: the session's, else the learner's).
         batch_size, replay_ratio, policy, seed: the batch builder's settings.
         learn_threads: intra-op threads of the learner thread on CPU.
@@ -94,7 +95,7 @@ class LearnerHandle:
                                         "version": learner.guard.version, "errors": [], "learning_s": 0.0,
                                         "waiting_s": 0.0, "paused_s": 0.0, "deferred": 0, "stopped_reason": None}
         self._listener = lambda rid: self._wake.set()
-        session._listeners.append(self._listener)
+        session.add_listener(self._listener)
         self._thread = threading.Thread(target=self._run, name="synclearn-learner", daemon=True)
         self._thread.start()
 
@@ -106,8 +107,7 @@ class LearnerHandle:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"the learner did not stop within {timeout}s")
-        if self._listener in self.session._listeners:
-            self.session._listeners.remove(self._listener)
+        self.session.remove_listener(self._listener)
         self.learner._handle = None
         return self.status()
 
@@ -199,6 +199,12 @@ class LearnerHandle:
             self.session.wait_idle(self.max_defer_s)
         if self._stop.is_set():
             return "idle"
+        # the batch is built, learned and committed with no forget in between: a forget
+        # cannot delete rows that a batch built before it would still train on
+        with self.learner.exclusive():
+            return self._learn_batch(t0)
+
+    def _learn_batch(self, t0: float) -> str:
         batch = self.builder.next_batch()
         has_new = bool(self.builder._pending and self.builder._pending[0])
         if not batch or not (has_new or self.idle_replay):

@@ -306,6 +306,17 @@ class InteractionLog:
             ).rowcount
         )
 
+    def unlearn_since(self, t: float) -> int:
+        """Mark rows learned after time ``t`` as not learned (e.g. the weights were restored from
+        a checkpoint taken at ``t``, so the learner must take them as new); returns how many."""
+        return self._write(
+            lambda conn: conn.execute(
+                "UPDATE interactions SET learned_at = NULL, last_rehearsed_at = NULL, changed_seq = ? "
+                "WHERE learned_at > ?",
+                (_next_seq(conn), float(t)),
+            ).rowcount
+        )
+
     def mark_replayed(self, ids: Sequence[int], now: float | None = None) -> int:
         """Counts one replay of each row and updates its strength; returns rows updated.
 

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_model as st_load_model
@@ -40,12 +40,13 @@ def save_model(model: MCSDLM, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {"model_type": "mcsd", **model.config.to_dict(), "dtype": str(model.dtype).removeprefix("torch.")}
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: st_save_model(model, tmp))
-    _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: st_save_model(model, tmp))
+    atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return path
 
 
-def _atomic_write(target: Path, write) -> None:
+def atomic_write(target: Path, write: Callable[[str], None]) -> None:
+    """Write ``target`` via ``write(temp_path)`` in the same folder, fsync, then rename over it."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
     try:
@@ -56,6 +57,20 @@ def _atomic_write(target: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    fsync_dir(target.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_model(

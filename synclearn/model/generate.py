@@ -28,6 +28,7 @@ class SamplingParams:
         top_p: keep the smallest set whose probability reaches top_p (1.0 = all).
         stop: strings that end the generation (not included in the output).
         seed: seeds the sampler (None: a fresh nondeterministic generator).
+        ban: token ids that are never generated.
     """
 
     max_new_tokens: int = 64
@@ -36,8 +37,13 @@ class SamplingParams:
     top_p: float = 1.0
     stop: Sequence[str] = ()
     seed: int | None = 0
+    ban: Sequence[int] = ()
 
     def __post_init__(self) -> None:
+        if self.stop is None:  # OpenAI-style: stop may be absent, one string, or a list
+            object.__setattr__(self, "stop", ())
+        elif isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
         bad = []
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             bad.append(f"max_new_tokens={self.max_new_tokens!r} (expected an integer >= 0)")
@@ -47,7 +53,7 @@ class SamplingParams:
             bad.append(f"top_k={self.top_k!r} (expected an integer >= 0)")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             bad.append(f"top_p={self.top_p!r} (expected 0 < top_p <= 1)")
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
             bad.append(f"stop={self.stop!r} (expected a list of non-empty strings)")
         if bad:
             raise ValueError("invalid sampling parameters: " + "; ".join(bad))
@@ -55,6 +61,9 @@ class SamplingParams:
 
 def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
     """Pick one token per row. logits: [B, V] -> [B] int64."""
+    if params.ban:
+        logits = logits.clone()
+        logits[:, list(params.ban)] = float("-inf")
     if params.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / params.temperature

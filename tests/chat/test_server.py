@@ -14,7 +14,6 @@ from synclearn.learn import Learner
 from synclearn.model import load_model
 from tests.chat.conftest import MODEL, openai_client, serve_runtime, wait_until
 
-needs_forget = pytest.mark.skipif(not hasattr(Learner, "forget"), reason="forget lands with issue 6")
 USER = [{"role": "user", "content": "hello there"}]
 
 
@@ -165,7 +164,6 @@ def test_feedback_through_the_api(server, runtime):
     assert runtime.log.get(first_id)["feedback_correction"] == "Hello! How can I help?"
 
 
-@needs_forget
 def test_forget_through_the_api_is_scoped_to_the_session(server, runtime):
     client = openai_client(server.url)
     url = server.url

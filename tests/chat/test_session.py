@@ -49,3 +49,37 @@ def test_session_over_a_hf_model(tmp_path):
     session = ChatSession(load_model(tmp_path / "llama"), max_new_tokens=5)
     assert session.send("hi").completion_tokens <= 5
     assert session.send("again").prompt_tokens < 20  # the KV cache carries the history
+
+
+def test_a_turn_the_log_refuses_leaves_the_session_unchanged(tmp_path):
+    from synclearn.memory import LogInputError
+
+    model = load_model("mcsd-tiny")
+    with InteractionLog(tmp_path / "log.db", max_text_bytes=64) as log:
+        session = ChatSession(model, log, max_new_tokens=4)
+        session.send("short")
+        state, turn = session.state, session.turn
+        try:
+            session.send("x" * 100)  # the prompt is over the log's limit
+        except LogInputError:
+            pass
+        else:
+            raise AssertionError("the log accepted an oversized prompt")
+        assert session.state is state and session.turn == turn and len(session.history) == 2
+        assert log.count() == 1
+
+
+def test_byte_tokenizer_sessions_never_sample_nul_and_history_loads():
+    from synclearn.model import SamplingParams
+    from synclearn.model.generate import sample_next
+
+    logits = torch.full((1, 264), -10.0)
+    logits[0, 0] = 10.0  # NUL is by far the likeliest token
+    assert int(sample_next(logits, SamplingParams(ban=(0,)))) != 0
+    model = load_model("mcsd-tiny", seed=4)
+    session = ChatSession(model, max_new_tokens=8)
+    assert session.defaults.ban == (0,)
+    first = session.send("hello")
+    replayed = ChatSession(model, max_new_tokens=8)
+    replayed.load_history([{"role": "user", "content": "hello"}, {"role": "assistant", "content": first.text}])
+    assert replayed.turn == 1 and replayed.send("next").prompt_tokens == session.send("next").prompt_tokens

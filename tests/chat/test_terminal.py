@@ -11,10 +11,8 @@ import pytest
 from synclearn.chat.runtime import Runtime
 from synclearn.chat.terminal import TerminalChat, printable
 from synclearn.cli import main as cli_main
-from synclearn.learn import Learner
 from tests.chat.conftest import MODEL, wait_until
 
-needs_forget = pytest.mark.skipif(not hasattr(Learner, "forget"), reason="forget lands with issue 6")
 
 
 class ScriptedInput(io.TextIOBase):
@@ -102,7 +100,6 @@ def test_control_characters_never_reach_the_terminal():
     assert printable("a\x1b]0;pwned\x07b\tc\nd\x7f") == "a\ufffd]0;pwned\ufffdb\tc\nd\ufffd"
 
 
-@needs_forget
 def test_forget_by_text_and_whole_session(runtime):
     out = io.StringIO()
     other = runtime.new_session("neighbour")

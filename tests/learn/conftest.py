@@ -3,7 +3,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from synclearn.data import chat_pairs
-from synclearn.model import MCSDConfig, build_model, load_model
+from synclearn.model import MCSDConfig, build_model
 
 
 def tiny_mcsd(dtype=torch.float32, seed=0):

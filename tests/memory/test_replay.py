@@ -218,7 +218,7 @@ def test_corrections_replace_the_response_when_asked(tmp_path):
 @pytest.mark.parametrize("policy", [uniform, Reservoir(8), RecencyWeighted(), LossPrioritized(), RetentionAware()])
 def test_every_policy_drives_the_builder(tmp_path, policy):
     with InteractionLog(tmp_path / "log.db") as log:
-        ids = _fill(log, 30, learned=10)
+        _fill(log, 30, learned=10)
         builder = ReplayBatchBuilder(log, policy, replay_ratio=0.25, batch_size=8, seed=1)
         for step in range(4):  # 6 new + 2 replayed, three times; then the last 2 new + 6 replayed
             batch = builder.next_batch(now=100.0 + step)

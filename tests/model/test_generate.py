@@ -55,9 +55,14 @@ def test_stop_string_filter_never_leaks_a_stop_string():
 
 def test_sampling_params_validation_lists_all_problems():
     with pytest.raises(ValueError) as err:
-        SamplingParams(max_new_tokens=-1, temperature=-2, top_p=0, stop="x")
+        SamplingParams(max_new_tokens=-1, temperature=-2, top_p=0, stop=[""])
     for name in ("max_new_tokens", "temperature", "top_p", "stop"):
         assert name in str(err.value)
+
+
+def test_stop_accepts_none_a_string_or_a_list():
+    assert SamplingParams(stop=None).stop == () and SamplingParams(stop="x").stop == ("x",)
+    assert SamplingParams(stop=["a", "b"]).stop == ["a", "b"]
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy():
