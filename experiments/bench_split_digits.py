@@ -43,7 +43,7 @@ def summarize_runs(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
     rows = []
     for key, rs in groups.items():
-        row = dict(zip(keys, key), seeds=len(rs))
+        row = dict(zip(keys, key), seeds=len(rs), lr=f"{rs[0]['lr']:g}")
         for m in ("acc", "bwt", "forgetting", "fwt", "seconds"):
             mu, sd = mean_std([r[m] for r in rs])
             row[m], row[f"{m}_std"] = mu, sd
@@ -86,10 +86,10 @@ def main() -> None:
                     runs.append(r)
                     print(f"  {setting:5s} {method:14s} lr={r['lr']:g} seed={seed}: ACC {r['acc']:.3f} "
                           f"BWT {r['bwt']:.3f} F {r['forgetting']:.3f} ({r['seconds']:.1f} s)", flush=True)
-    keys = ("method", "setting", "lr") if args.lrs else ("method", "setting")
+    keys = ("method", "setting", "lr") if args.lrs else ("method", "setting")  # lr: the sweep's key
     rows = summarize_runs(runs, keys)
     print()
-    print_table(rows, [*keys, "seeds", "ACC", "BWT", "FORGETTING", "FWT", "seconds"])
+    print_table(rows, ["method", "setting", "lr", "seeds", "ACC", "BWT", "FORGETTING", "FWT", "seconds"])
     goal = None
     by = {(r["method"], r["setting"]): r for r in rows}
     if not args.lrs and ("consolidation", "class") in by and ("replay", "class") in by:
