@@ -191,7 +191,7 @@ def main(fabric: Any, config: PretrainConfig, out_dir: Path, *, progress: bool =
     from synclearn.data.chat_mix import chat_mix
 
     t0 = time.perf_counter()
-    fabric.seed_everything(config.seed)
+    fabric.seed_everything(config.seed, verbose=False)
     model_config = config.model_config()
     model = build_model(model_config, seed=config.seed)
     model.train()

@@ -107,6 +107,8 @@ class MCSDConfig:
 # with a byte vocabulary the embedding is tiny, so d_ff is set for the paper's parameter counts.
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     "mcsd-tiny": dict(d_model=64, n_layers=2, n_channels=4, d_ff=256, predictor_rank=16, chunk_size=16),
+    # the chat base of the benchmarks (synclearn pretrain): learns the chat format in minutes on 2 CPU cores
+    "mcsd-chat": dict(d_model=128, n_layers=4, n_channels=4, d_ff=512, predictor_rank=16, chunk_size=32),
     "mcsd-small": dict(d_model=512, n_layers=10, n_channels=8, d_ff=2048, predictor_rank=64),
     "mcsd-1b": dict(d_model=2048, n_layers=17, n_channels=8, d_ff=8192, predictor_rank=128),
     "mcsd-1.6b": dict(d_model=2560, n_layers=12, n_channels=10, d_ff=18432, predictor_rank=128),

@@ -1,0 +1,198 @@
+"""One experiment from a composed Hydra config: build everything, run the benchmark, write it all.
+
+``synclearn run`` (:mod:`synclearn.run`) composes ``conf/config.yaml`` and calls
+:func:`run_experiment` with the Hydra output directory. Each config group maps to code:
+
+* ``model``: ``_target_`` returns the model (``synclearn.learn.pretrain.pretrained_model`` for
+  the cached chat base, ``synclearn.model.load_model`` for a named size or a checkpoint);
+* ``learner``: a partial :class:`~synclearn.learn.Learner` (the model, the log and, with
+  ``memory.journal``, the step journal are given here);
+* ``memory``: a :class:`MemorySetup` (replay ratio, batch size, consolidation, fading, journal);
+* ``replay``: the replay policy (``policy(candidates, k, rng, now) -> ids``);
+* ``serve``: a :class:`ServeSettings` (sampling, and how the learner shares the CPU);
+* ``benchmark``: a partial function with the benchmark contract
+  (:mod:`synclearn.eval.chat_facts` documents it).
+
+Everything lands in the output directory: ``interactions.db`` (the log), ``checkpoints/``
+(model + learner state, :class:`~synclearn.chat.checkpoint.CheckpointStore`), ``metrics.json``
+(flat scalars plus ``series``), ``metrics.csv`` (the scalars), the benchmark's plots, and
+``summary.txt`` (the lines printed at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def make_consolidation(learner: Any, policy: str = "auto", **options: Any):
+    """A :class:`~synclearn.memory.Consolidation` for ``learner``; ``policy="auto"`` picks
+    "lock" for sparse learners and "ewc" for LoRA/full ones (which have no neurons to lock)."""
+    from synclearn.memory import Consolidation
+
+    if policy == "auto":
+        policy = "lock" if learner.update == "sparse" else "ewc"
+    return Consolidation(learner, policy, **options)
+
+
+@dataclass
+class MemorySetup:
+    """What is remembered and how (the ``memory`` config group).
+
+    Attributes:
+        replay_ratio: share of each learning batch drawn from replay (0 = no replay).
+        batch_size: examples per learning step.
+        consolidation: a callable ``learner -> Consolidation`` (a partial of
+            :func:`make_consolidation`), or None for none.
+        consolidate_every: apply the consolidation policy every this many steps.
+        fading: a :class:`~synclearn.memory.Fading` (faded records leave replay), or None.
+        journal: keep a step journal (exact forgetting) in the output directory.
+    """
+
+    replay_ratio: float = 0.5
+    batch_size: int = 4
+    consolidation: Callable[[Any], Any] | None = None
+    consolidate_every: int = 20
+    fading: Any = None
+    journal: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.replay_ratio <= 1 or self.batch_size < 1 or self.consolidate_every < 1:
+            raise ValueError(f"MemorySetup: replay_ratio={self.replay_ratio!r} must be in [0, 1], batch_size="
+                             f"{self.batch_size!r} and consolidate_every={self.consolidate_every!r} >= 1")
+        self.policy: Any = None
+        self.consolidator: Any = None
+
+    def bind(self, learner: Any, policy: Any) -> "MemorySetup":
+        """Build the run-time parts for ``learner``, with ``policy`` the replay policy."""
+        self.policy = self.fading.pool(policy) if self.fading is not None else policy
+        self.consolidator = self.consolidation(learner) if self.consolidation is not None else None
+        return self
+
+    def attach_options(self) -> dict[str, Any]:
+        """:class:`~synclearn.learn.sync.LearnerHandle` settings for this memory setup."""
+        if self.policy is None:
+            raise RuntimeError("MemorySetup.bind(learner, policy) must run before attach_options()")
+        return {"batch_size": self.batch_size, "replay_ratio": self.replay_ratio, "policy": self.policy,
+                "consolidation": self.consolidator, "consolidate_every": self.consolidate_every}
+
+    def builder(self, log: Any, seed: int = 0):
+        """A :class:`~synclearn.memory.ReplayBatchBuilder` with these settings (for benchmarks
+        that drive ``learner.step`` themselves)."""
+        from synclearn.memory import ReplayBatchBuilder
+
+        return ReplayBatchBuilder(log, self.policy, replay_ratio=self.replay_ratio, batch_size=self.batch_size,
+                                  seed=seed)
+
+
+@dataclass
+class ServeSettings:
+    """How the model serves (the ``serve`` config group).
+
+    Attributes:
+        max_new_tokens, temperature, top_k, top_p: the sessions' sampling defaults.
+        serve_threads: torch intra-op threads of the serving thread (0 = leave as is).
+        learn_threads: intra-op threads of the attached learner's thread.
+        idle_only, max_defer_s, poll_s: the attached learner's governor
+            (:class:`~synclearn.learn.sync.LearnerHandle`).
+    """
+
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    serve_threads: int = 1
+    learn_threads: int = 1
+    idle_only: bool = True
+    max_defer_s: float = 2.0
+    poll_s: float = 0.05
+
+    def session(self, model: Any, log: Any):
+        from synclearn.chat import ChatSession
+
+        return ChatSession(model, log, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                           top_k=self.top_k, top_p=self.top_p)
+
+    def attach_options(self) -> dict[str, Any]:
+        return {"learn_threads": self.learn_threads, "idle_only": self.idle_only, "max_defer_s": self.max_defer_s,
+                "poll_s": self.poll_s}
+
+
+def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
+    """Build the model, log, learner and memory from ``cfg``, run its benchmark into ``out_dir``,
+    write ``metrics.json``/``metrics.csv``/``summary.txt`` and a checkpoint; returns the metrics."""
+    from hydra.utils import instantiate
+
+    from synclearn.chat.checkpoint import CheckpointStore
+    from synclearn.memory import InteractionLog
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model)
+    model_s = time.perf_counter() - t0
+    log = InteractionLog(out_dir / "interactions.db")
+    memory = instantiate(cfg.memory)
+    journal = out_dir / "journal" if memory.journal else None
+    learner = instantiate(cfg.learner)(model, log, journal=journal)
+    memory.bind(learner, instantiate(cfg.replay))
+    serve = instantiate(cfg.serve)
+    if serve.serve_threads:
+        torch.set_num_threads(serve.serve_threads)
+    benchmark = instantiate(cfg.benchmark)
+    try:
+        results = benchmark(model=model, learner=learner, log=log, out_dir=out_dir, memory=memory, serve=serve,
+                            seed=cfg.seed, progress=cfg.progress)
+        if cfg.save_checkpoint:
+            base = getattr(model, "pretrain_info", {}).get("path") or str(cfg.model.get("name_or_path", "model"))
+            CheckpointStore(out_dir / "checkpoints", keep=1).save(model, learner, base=base, seed=cfg.seed, log=log)
+    finally:
+        log.close()
+    info = getattr(model, "pretrain_info", None)
+    results.update({"wall_s": time.perf_counter() - t0, "model_s": model_s,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "pretrained_now": float(bool(info and info["trained_now"])),
+                    "pretrain_s": float(info["seconds"]) if info else float("nan")})
+    write_metrics(results, out_dir)
+    return results
+
+
+def write_metrics(results: dict[str, Any], out_dir: Path) -> None:
+    """``metrics.json`` (scalars at the top level, ``series`` nested), ``metrics.csv`` (one row
+    per scalar) and ``summary.txt``."""
+    summary = list(results.get("summary", []))
+    data = {k: v for k, v in results.items() if k != "summary"}
+    (out_dir / "metrics.json").write_text(json.dumps(data, indent=2, default=_json_default))
+    with open(out_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["metric", "value"])
+        for key, value in data.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.writerow([key, value])
+    (out_dir / "summary.txt").write_text("\n".join(summary) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def summary_line(results: dict[str, Any], out_dir: Path) -> str:
+    """The one line printed at the very end of a run."""
+    parts = [f"{k}={results[k]:.3g}" for k in ("acc", "bwt", "forgetting", "latency_overhead_p50")
+             if isinstance(results.get(k), float) and not math.isnan(results[k])]
+    recall = sorted((int(k.removeprefix("recall_d")), v) for k, v in results.items() if k.startswith("recall_d"))
+    if recall:
+        parts.insert(0, f"recall@{recall[-1][0]}={recall[-1][1]:.0%}")
+    return f"done in {results['wall_s']:.0f}s: {' '.join(parts)} -> {out_dir}"
