@@ -1,0 +1,109 @@
+"""Split-digits benchmark: data split, replay buffer, task masks, end-to-end runs (tiny)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from synclearn.eval.split_digits import (
+    METHODS,
+    TASKS,
+    ReservoirBuffer,
+    _task_mask,
+    load_split_digits,
+    run_split_digits,
+)
+from synclearn.learn.batch import LabelBatch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The model is tiny: one thread is faster, and the runs stay bitwise reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_split_is_stratified_disjoint_and_fixed_by_seed():
+    a, b, c = load_split_digits(0), load_split_digits(0), load_split_digits(1)
+    assert len(a.y_train) + len(a.y_test) == 1797 and a.x_train.shape[1] == 64
+    assert torch.equal(a.x_test, b.x_test) and not torch.equal(a.y_test, c.y_test)
+    counts = np.bincount(a.y_test.numpy(), minlength=10) / np.bincount(np.r_[a.y_train, a.y_test], minlength=10)
+    assert np.allclose(counts, 0.25, atol=0.01)  # the same share of every class is held out
+    for classes in TASKS:
+        assert set(a.y_train[a.task_indices(classes)].tolist()) == set(classes)
+    train_rows = {tuple(r) for r in a.x_train.numpy().round(5).tolist()}
+    assert sum(tuple(r) in train_rows for r in a.x_test.numpy().round(5).tolist()) < 20  # (the data has duplicates)
+
+
+def test_reservoir_buffer_is_bounded_uniform_and_seeded():
+    held = np.zeros(100)
+    for trial in range(400):
+        buf = ReservoirBuffer(10, np.random.default_rng(trial))
+        for start in range(0, 100, 7):
+            buf.add(range(start, min(start + 7, 100)))
+        assert len(buf) == 10 and buf.seen == 100
+        held[buf.items] += 1
+    assert abs(held[:50].sum() - held[50:].sum()) < 0.1 * held.sum()  # early and late equally likely
+    one, two = ReservoirBuffer(5, np.random.default_rng(3)), ReservoirBuffer(5, np.random.default_rng(3))
+    for b in (one, two):
+        b.add(range(50))
+    assert one.items == two.items and sorted(one.sample(3)) == sorted(two.sample(3))
+    assert len(ReservoirBuffer(0, np.random.default_rng(0)).sample(4)) == 0
+    with pytest.raises(ValueError, match="capacity=-1"):
+        ReservoirBuffer(-1, np.random.default_rng(0))
+
+
+def test_per_example_task_mask_restricts_the_loss_to_each_examples_task():
+    labels = torch.tensor([0, 3, 9, 4])
+    mask = _task_mask(labels)
+    assert mask.shape == (4, 10) and mask.sum(1).tolist() == [2, 2, 2, 2]
+    assert mask[1, 2] and mask[1, 3] and not mask[1, 4]
+    logits = torch.randn(4, 10)
+    loss, _ = LabelBatch(torch.zeros(4, 1), labels, allowed=mask).loss(logits)
+    pairs = torch.stack([logits[torch.arange(4), (labels // 2) * 2], logits[torch.arange(4), (labels // 2) * 2 + 1]], 1)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(pairs, labels % 2))
+
+
+def test_end_to_end_writes_metrics_and_heatmap(tmp_path):
+    r = run_split_digits("consolidation", "class", seed=0, epochs=1, out_dir=tmp_path)
+    R = np.asarray(r["R"])
+    assert R.shape == (5, 5) and ((0 <= R) & (R <= 1)).all()
+    assert 0 <= r["acc"] <= 1 and -1 <= r["bwt"] <= 1 and -1 <= r["forgetting"] <= 1 and -1 <= r["fwt"] <= 1
+    assert math.isclose(r["acc"], R[-1].mean()) and R[0, 0] > 0.9  # the first task is learned
+    assert r["forgetting_curve"][0] is None and len(r["baseline"]) == 5
+    assert r["uses_buffer"] and r["buffer_size"] == 200 and sum(r["locked_neurons"].values()) > 0
+    stem = tmp_path / "split_digits_consolidation_class_s0"
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    assert saved["R"] == r["R"] and saved["files"]["png"] == str(stem.with_suffix(".png"))
+    assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_result_bitwise():
+    a = run_split_digits("replay", "task", seed=3, epochs=1)
+    b = run_split_digits("replay", "task", seed=3, epochs=1)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+
+
+def test_replay_forgets_less_than_naive_at_the_same_learning_rate():
+    """Class-incremental, 2 epochs, same lr: naive sparse updates overwrite the earlier classes,
+    a 200-example buffer keeps much more of them. (Seeds 0-4 measured: naive forgetting
+    0.49-0.58, replay 0.21-0.34; ACC 0.47-0.56 vs 0.62-0.74.)"""
+    naive = run_split_digits("naive", "class", seed=0, epochs=2, lr=3e-3)
+    replay = run_split_digits("replay", "class", seed=0, epochs=2, lr=3e-3)
+    assert naive["forgetting"] > 0.4
+    assert replay["forgetting"] < naive["forgetting"] - 0.15 and replay["acc"] > naive["acc"] + 0.1
+
+
+def test_every_method_and_setting_is_accepted_and_bad_values_are_named():
+    assert set(METHODS) == {"naive", "replay", "consolidation", "lora", "lora+replay", "full", "full+replay"}
+    with pytest.raises(ValueError, match=r"unknown method 'ewc'; accepted: \['naive', 'replay'"):
+        run_split_digits("ewc")
+    with pytest.raises(ValueError, match=r"unknown setting 'domain'; accepted: \['class', 'task'\]"):
+        run_split_digits("naive", "domain")
+    with pytest.raises(ValueError, match="epochs=0.*buffer_size=-2"):
+        run_split_digits("naive", epochs=0, buffer_size=-2)
