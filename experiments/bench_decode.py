@@ -37,7 +37,7 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
-from synclearn.model import load_model
+from synclearn.model import SparseSpec, load_model
 
 TOKENS = 263  # random ids are drawn from [0, 263), the byte tokenizer's range
 GOALS = {"decode_speedup": 3.0, "decode_flatness": 0.9, "train_speedup": 1.5}
@@ -64,6 +64,19 @@ class MCSDSide:
 
     def logits(self, ids):  # [B, T] -> [B, T, V]
         return self.model(ids)
+
+
+class MCSDSparseSide(MCSDSide):
+    """MCSD decoding with sparse inference: each MLP computes only the ``fraction`` of its neurons
+    that the low-rank predictor names (brain-like activation); prefill stays dense."""
+
+    def __init__(self, model, fraction: float) -> None:
+        super().__init__(model)
+        self.spec = SparseSpec(max(1, round(fraction * model.config.d_ff)), "predictor")
+        self.label = f"MCSD sparse {fraction:.0%}"
+
+    def step(self, tok, state):
+        return self.model.step(tok, state, sparse=self.spec)
 
 
 class LlamaSide(MCSDSide):
@@ -190,13 +203,19 @@ def pair_rows(labels, metrics, ctx, batch, m: dict, t: dict) -> list[dict]:
 
 
 def compare_decode(mcsd, llama, contexts, batches, args, device, tag="") -> list[dict]:
-    """Decode/prefill/state rows for every (context, batch), MCSD and Transformer interleaved."""
+    """Decode/prefill/state rows for every (context, batch), MCSD and Transformer interleaved
+    (plus MCSD with sparse inference, decode only, when ``--sparse-fraction`` > 0)."""
     rows = []
+    sparse = MCSDSparseSide(mcsd.model, args.sparse_fraction) if args.sparse_fraction > 0 else None
     for batch in batches:
         for ctx in contexts:
             log(f"decode{tag}: context {ctx}, batch {batch}")
-            m, t = measure_decode((mcsd, llama), ctx, batch, args, device)
+            m, t, *sp = measure_decode((mcsd, llama) + ((sparse,) if sparse else ()), ctx, batch, args, device)
             rows += pair_rows((mcsd.label + tag, llama.label + tag), ("decode", "prefill", "state bytes"), ctx, batch, m, t)
+            if sp:
+                rows.append(dict(model=sparse.label + tag, metric="decode", context=ctx, batch=batch,
+                                 value=sp[0]["decode"], unit="tok/s", ratio=sp[0]["decode"] / t["decode"],
+                                 runs_s=sp[0]["runs_s"]))
     return rows
 
 
@@ -252,6 +271,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--big-model", default="mcsd-1b", help="CUDA only: bf16 batch-1 decode ('none' to skip)")
+    p.add_argument("--sparse-fraction", type=float, default=0.1,
+                   help="also decode MCSD with sparse inference over this share of neurons (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="experiments/out/bench_decode.json")
     args = p.parse_args(argv)

@@ -222,7 +222,12 @@ class SelectableMLP(nn.Module):
         return self.down(h)
 
     def sparse_forward(self, x: Tensor, spec: SparseSpec) -> Tensor:
-        """Compute only ``spec.k`` neurons per token. x: [..., D] -> [..., D]."""
+        """Compute only ``spec.k`` neurons per token. x: [..., D] -> [..., D].
+
+        The weights of the union U of the tokens' selections are gathered once (contiguous
+        ``index_select``); each token's activations outside its own selection are zeroed, so
+        every token sees exactly its k neurons. At decode (one token) |U| = k.
+        """
         shape = x.shape
         xf = x.reshape(-1, self.d_model)  # (N, D)
         k = min(spec.k, self.d_ff)
@@ -230,14 +235,18 @@ class SelectableMLP(nn.Module):
             if self.predictor is None:
                 raise ValueError("SparseSpec(mode='predictor') needs a model built with predictor_rank > 0")
             idx = self.predictor(xf).topk(k, dim=-1).indices  # (N, k)
-            w_up = self.up.weight[idx]  # (N, k, D)
-            pre = torch.einsum("nkd,nd->nk", w_up, xf)
+            union = idx.unique() if xf.shape[0] > 1 else idx[0]  # (U,)
+            pre = xf @ self.up.weight.index_select(0, union).t()  # (N, U)
         else:
             pre_all = self.up(xf)  # (N, d_ff)
-            pre, idx = pre_all.topk(k, dim=-1)  # (N, k)
-        h = squared_relu(pre)  # (N, k)
-        w_down = self.down.weight.t()[idx]  # (N, k, D)
-        out = torch.einsum("nk,nkd->nd", h, w_down)
+            idx = pre_all.topk(k, dim=-1).indices  # (N, k)
+            union = idx.unique() if xf.shape[0] > 1 else idx[0]
+            pre = pre_all.index_select(1, union)  # (N, U)
+        h = squared_relu(pre)
+        if xf.shape[0] > 1:  # keep each token's own k neurons only
+            own = (idx[:, :, None] == union[None, None, :]).any(1)  # (N, U)
+            h = h * own
+        out = h @ self.down.weight.index_select(1, union).t()  # (N, D)
         return out.reshape(shape)
 
 
