@@ -49,7 +49,7 @@ from torch import Tensor
 from synclearn.eval import metrics
 
 __all__ = ["DEFAULT_LR", "METHODS", "SETTINGS", "TASKS", "DigitsSplit", "MethodSpec", "ReservoirBuffer",
-           "evaluate_tasks", "load_split_digits", "method_spec", "run_split_digits"]
+           "evaluate_tasks", "load_split_digits", "method_spec", "run_split_digits", "task_mask"]
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,12 @@ class ReservoirBuffer:
         return np.asarray(self.items, dtype=np.int64)[self.rng.choice(len(self.items), size=k, replace=False)]
 
 
-def _task_mask(labels: Tensor, n_classes: int = 10) -> Tensor:
-    """[B] labels -> [B, C] bool: True on the classes of each example's task."""
+def task_mask(labels: Tensor, n_classes: int = 10) -> Tensor:
+    """[B] labels -> [B, C] bool: True on the classes of each example's task.
+
+    Used as ``LabelBatch.allowed``: a batch mixes replayed examples of other tasks, so the
+    mask is one row per example (it broadcasts against the [B, C] logits like a [C] mask).
+    """
     task_of = torch.tensor([t for c in range(n_classes) for t, cs in enumerate(TASKS) if c in cs])
     cls_task = task_of[None, :]  # [1, C]
     return cls_task == task_of[labels][:, None]
@@ -170,7 +174,7 @@ def evaluate_tasks(model: torch.nn.Module, data: DigitsSplit, setting: str) -> l
     """Test accuracy on each task, in task order (``setting`` as in the module docstring)."""
     logits = model(data.x_test.to(model.device)).float().cpu()  # [N, 10]
     if setting == "task":
-        logits = logits.masked_fill(~_task_mask(data.y_test), float("-inf"))
+        logits = logits.masked_fill(~task_mask(data.y_test), float("-inf"))
     correct = (logits.argmax(-1) == data.y_test).float()
     return [float(correct[data.task_indices(cs, train=False)].mean()) for cs in TASKS]
 
@@ -252,7 +256,7 @@ def run_split_digits(
                 new = order[start : start + batch_size]
                 rows_ = np.concatenate([new, buffer.sample(len(new))])
                 x, y = data.x_train[rows_], data.y_train[rows_]
-                allowed = _task_mask(y) if setting == "task" else None
+                allowed = task_mask(y) if setting == "task" else None
                 result = learner.step_batch(LabelBatch(x, y, allowed=allowed))
                 steps, skipped = steps + 1, skipped + int(result.skipped)
                 if epoch == 0:  # the stream offers each example to the buffer once

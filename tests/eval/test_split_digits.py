@@ -11,9 +11,9 @@ from synclearn.eval.split_digits import (
     METHODS,
     TASKS,
     ReservoirBuffer,
-    _task_mask,
     load_split_digits,
     run_split_digits,
+    task_mask,
 )
 from synclearn.learn.batch import LabelBatch
 
@@ -59,7 +59,7 @@ def test_reservoir_buffer_is_bounded_uniform_and_seeded():
 
 def test_per_example_task_mask_restricts_the_loss_to_each_examples_task():
     labels = torch.tensor([0, 3, 9, 4])
-    mask = _task_mask(labels)
+    mask = task_mask(labels)
     assert mask.shape == (4, 10) and mask.sum(1).tolist() == [2, 2, 2, 2]
     assert mask[1, 2] and mask[1, 3] and not mask[1, 4]
     logits = torch.randn(4, 10)
