@@ -124,13 +124,16 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def pretrained_model(name: str = "mcsd-chat", *, cache_dir: str | None = None, force: bool = False,
-                     progress: bool = True, **settings: Any):
+                     progress: bool = True, threads: int = 0, **settings: Any):
     """The pretrained model for this config: loaded from the cache, trained first if missing.
 
     Args:
         name: the named MCSD size. cache_dir: see :func:`cache_root`.
         force: train again even when cached.
         progress: show a progress bar while training.
+        threads: torch intra-op threads while training on CPU (0 = torch's default, one per core).
+            Not part of the cache key. On a machine shared with other jobs, 1 avoids the
+            oversubscription that makes small ops crawl.
         **settings: other :class:`PretrainConfig` fields.
 
     Returns:
@@ -138,7 +141,13 @@ def pretrained_model(name: str = "mcsd-chat", *, cache_dir: str | None = None, f
         contents plus ``"path"`` and ``"trained_now"``.
     """
     config = PretrainConfig(name=name, **settings)
-    path, trained_now = ensure_pretrained(config, cache_dir=cache_dir, force=force, progress=progress)
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        path, trained_now = ensure_pretrained(config, cache_dir=cache_dir, force=force, progress=progress)
+    finally:
+        torch.set_num_threads(saved)
     model = load_model(path)
     model.pretrain_info = {**json.loads((path / META_FILE).read_text()), "path": str(path), "trained_now": trained_now}
     return model

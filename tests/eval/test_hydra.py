@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_method, instantiate
@@ -16,6 +17,15 @@ from synclearn.learn import Learner
 from synclearn.run import CONF_DIR, main
 
 GROUPS = ("model", "learner", "memory", "replay", "benchmark", "serve", "experiment")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on a shared 2-core machine: one intra-op thread avoids oversubscription."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 def options(group):
@@ -52,7 +62,7 @@ def test_every_option_composes_and_builds(group, option, tiny_model):
         from synclearn.learn.pretrain import PretrainConfig
 
         settings = OmegaConf.to_container(cfg.model, resolve=True)
-        PretrainConfig(**{k: v for k, v in settings.items() if k not in ("_target_", "cache_dir", "progress")})
+        PretrainConfig(**{k: v for k, v in settings.items() if k not in ("_target_", "cache_dir", "progress", "threads")})
 
 
 def test_pretrain_config_composes():
