@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--serve-threads", type=int, default=1)
     ap.add_argument("--learn-threads", type=int, default=1)
     ap.add_argument("--fraction", type=float, default=0.05)
+    ap.add_argument("--no-yield", action="store_true", help="learner steps do not pause for requests in flight")
     ap.add_argument("--out", default="experiments/out/bench_serve_learn.json")
     args = ap.parse_args()
 
@@ -119,7 +120,7 @@ def main() -> None:
             handle = None
             if mode == "attached":  # learns from what is served, plus replay of the seed log's lessons
                 handle = learner.attach(session, learn_threads=args.learn_threads, idle_replay=True,
-                                        poll_s=0.01, max_defer_s=1.0)
+                                        poll_s=0.01, max_defer_s=1.0, yield_to_serving=not args.no_yield)
             lat, ttft, busy, n = serve_stream(session, prompts, rate, args.seconds, seed=int(load * 100),
                                               serve_threads=args.serve_threads)
             status = handle.detach() if handle else None
@@ -143,7 +144,8 @@ def main() -> None:
             goals["learner>=50%@0.5"] = {"value": att["learn_vs_alone"], "target": 0.5, "met": att["learn_vs_alone"] >= 0.5}
 
     print(f"\n{args.model} ({model.num_parameters() / 1e6:.1f}M), {args.new_tokens} new tokens per request, "
-          f"service time {service_s * 1e3:.0f} ms, serve threads {args.serve_threads}, learn threads {args.learn_threads}")
+          f"service time {service_s * 1e3:.0f} ms, serve threads {args.serve_threads}, learn threads {args.learn_threads}, "
+          f"learner {'does not yield' if args.no_yield else 'yields at layer boundaries'} to requests in flight")
     print(f"learner alone: {alone_rate_wall:.2f} steps/s ({alone['steps']} steps)\n")
     print_table(rows, ["load", "mode", "requests", "busy", "tok_p50_ms", "tok_p99_ms", "p50_ratio", "p99_ratio",
                        "ttft_p50_ms", "ttft_p99_ms", "learn_steps_s", "learn_vs_alone"])
