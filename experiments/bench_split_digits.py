@@ -36,6 +36,11 @@ def mean_std(values: list[float | None]) -> tuple[float, float]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
+def mean_curve(curves: list[list[float | None]]) -> list[float]:
+    """Pointwise mean over seeds (None, i.e. undefined, entries skipped; nan where all are)."""
+    return [mean_std([c[k] for c in curves])[0] for k in range(len(curves[0]))]
+
+
 def summarize_runs(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
     """Group runs by ``keys`` (first-seen order); mean ± std of each metric over seeds."""
     groups: dict[tuple, list[dict]] = {}
@@ -111,6 +116,14 @@ def main() -> None:
               f"neurons): {goal['consolidation_acc']:.4f} vs {goal['replay_acc']:.4f} -> "
               f"{'met' if goal['met'] else 'NOT met'}; paired difference {goal['diff']:+.4f} ± {goal['diff_std']:.4f}, "
               f"consolidation >= replay on {goal['wins']} of {goal['seeds']} seeds")
+    if plot_dir is not None and not args.lrs:  # mean forgetting after each task, one line per method
+        from synclearn.eval.plots import plot_forgetting_curves
+
+        for setting in args.settings:
+            curves = {m: mean_curve([r["forgetting_curve"] for r in runs if (r["method"], r["setting"]) == (m, setting)])
+                      for m in args.methods}
+            plot_forgetting_curves(curves, plot_dir / f"forgetting_{setting}.png",
+                                   title=f"split-digits {setting}-IL, mean over {len(args.seeds)} seeds")
     write_json(args.out, {"benchmark": "split_digits", "args": vars(args), "environment": environment(),
                           "wall_seconds": time.perf_counter() - t0, "goal": goal, "summary": rows, "runs": runs})
     print(f"wrote {args.out}")
