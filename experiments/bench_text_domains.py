@@ -14,13 +14,14 @@ instead (tune on other seeds than the reported ones).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_split_digits import mean_std  # noqa: E402
+from bench_split_digits import mean_curve, mean_std  # noqa: E402
 from common import environment, print_table, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -38,10 +39,10 @@ def summarize_runs(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
             mu, sd = mean_std([r[m] for r in rs])
             row[m], row[f"{m}_std"] = mu, sd
             row[m.upper() if m != "seconds" else m] = f"{mu:.3f} ± {sd:.3f}" if m != "seconds" else f"{mu:.1f}"
-        if rs[0]["warmup"]:
-            row["warmup_acc_drop"] = mean_std([sum(r["warmup"]["acc_before"]) / len(r["warmup"]["acc_before"])
-                                               - sum(r["warmup"]["acc_after"]) / len(r["warmup"]["acc_after"])
-                                               for r in rs])[0]
+        if rs[0]["warmup"]:  # accuracy lost on the warm-up domains over the whole stream
+            drop = mean_std([statistics.fmean(r["warmup"]["acc_before"]) - statistics.fmean(r["warmup"]["acc_after"])
+                             for r in rs])
+            row["warmup_drop"], row["WARMUP_DROP"] = drop[0], f"{drop[0]:.3f} ± {drop[1]:.3f}"
         rows.append(row)
     return rows
 
@@ -84,7 +85,14 @@ def main() -> None:
                       f"F {r['forgetting']:.3f} NLL {r['nll']:.3f} ({r['seconds']:.1f} s)", flush=True)
     rows = summarize_runs(runs, ("method", "lr") if args.lrs else ("method",))
     print()
-    print_table(rows, ["method", "lr", "seeds", "ACC", "BWT", "FORGETTING", "NLL", "NLL_BWT", "seconds"])
+    print_table(rows, ["method", "lr", "seeds", "ACC", "BWT", "FORGETTING", "NLL", "NLL_BWT", "WARMUP_DROP",
+                       "seconds"])
+    if plot_dir is not None and not args.lrs:
+        from synclearn.eval.plots import plot_forgetting_curves
+
+        curves = {m: mean_curve([r["forgetting_curve"] for r in runs if r["method"] == m]) for m in args.methods}
+        plot_forgetting_curves(curves, plot_dir / "forgetting.png", xlabel="after learning domain k",
+                               title=f"text domains, mean over {len(args.seeds)} seeds")
     write_json(args.out, {"benchmark": "text_domains", "args": vars(args), "environment": environment(),
                           "wall_seconds": time.perf_counter() - t0, "summary": rows, "runs": runs})
     print(f"wrote {args.out}")

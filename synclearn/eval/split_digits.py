@@ -115,11 +115,13 @@ def load_split_digits(seed: int = 0, test_fraction: float = 0.25) -> DigitsSplit
     test = np.zeros(len(y), dtype=bool)
     for c in range(10):  # stratified: the same share of every class is held out
         rows = np.flatnonzero(y == c)
-        test[rng.choice(rows, size=int(round(test_fraction * len(rows))), replace=False)] = True
+        test[rng.choice(rows, size=round(test_fraction * len(rows)), replace=False)] = True
     mean, std = x[~test].mean(0), x[~test].std(0) + 0.1  # some border pixels are always 0
     x = (x - mean) / std
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return DigitsSplit(t(x[~test]), t(y[~test]), t(x[test]), t(y[test]))
+    def tensor(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    return DigitsSplit(tensor(x[~test]), tensor(y[~test]), tensor(x[test]), tensor(y[test]))
 
 
 class ReservoirBuffer:
@@ -221,7 +223,7 @@ def run_split_digits(
     Returns:
         JSON-ready dict: ``acc``, ``bwt``, ``forgetting``, ``fwt`` (floats, None where
         undefined), ``R`` [T][T], ``baseline`` [T] (untrained accuracy), ``forgetting_curve``
-        [T], ``seconds`` (training wall time), ``steps`` and the settings used.
+        [T], ``seconds`` (training wall time, evaluation excluded), ``steps`` and the settings used.
     """
     spec = method_spec(method)
     if setting not in SETTINGS:

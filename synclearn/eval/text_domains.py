@@ -37,8 +37,9 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -241,8 +242,10 @@ def run_text_domains(
     Returns:
         JSON-ready dict: ``acc``, ``bwt``, ``forgetting``, ``fwt`` (from next-byte accuracy;
         None where undefined), ``R`` [T][T], ``R_nll`` [T][T], ``baseline`` and
-        ``baseline_nll`` [T] (untrained model), ``nll`` (final mean NLL), ``nll_bwt`` (mean NLL
-        increase on earlier domains, > 0 is forgetting), ``domains``, ``seconds``, settings.
+        ``baseline_nll`` [T] (the model before the stream, after any warm-up), ``nll`` (final mean NLL), ``nll_bwt`` (mean NLL
+        increase on earlier domains, > 0 is forgetting), ``warmup`` (accuracy and NLL on the
+        warm-up domains before and after the stream, or None), ``domains``, ``seconds``
+        (learning steps only), settings.
     """
     spec = method_spec(method)
     bad = [f"{n}={v!r}" for n, v in (("steps_per_domain", steps_per_domain), ("batch_size", batch_size),
@@ -254,8 +257,8 @@ def run_text_domains(
     elif warmup_steps and not warmup:
         bad.append(f"warmup_steps={warmup_steps} needs warmup domains (warmup={warmup!r})")
     if bad:
-        raise ValueError(f"invalid text-domains settings: {', '.join(bad)} (expected positive integers, "
-                         "buffer_size >= 0)")
+        raise ValueError(f"invalid text-domains settings: {', '.join(bad)} (expected positive integers; "
+                         "buffer_size and warmup_steps may be 0)")
     from synclearn.learn import Learner
     from synclearn.memory.consolidate import Consolidation
     from synclearn.model import MCSDConfig, build_model, load_model

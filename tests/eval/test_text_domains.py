@@ -14,7 +14,7 @@ from synclearn.eval.text_domains import (
     segment_text,
 )
 
-TINY = dict(steps_per_domain=3, batch_size=4, buffer_size=8, segment_bytes=64, warmup_steps=2)
+TINY = {"steps_per_domain": 3, "batch_size": 4, "buffer_size": 8, "segment_bytes": 64, "warmup_steps": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +80,8 @@ def test_replay_forgets_less_than_no_replay():
     domain overwrites the first (seeds 0-3 measured: forgetting 0.16-0.21, NLL up by 2.0-2.4
     nats); with a replay buffer neither happens. Dense updates, because sparse ones learn too
     little from a random init in a test-sized run to have much to forget."""
-    kw = dict(seed=0, domains=["arithmetic", "code"], steps_per_domain=40, batch_size=8, segment_bytes=64,
-              warmup_steps=0, lr=3e-3)
+    kw = {"seed": 0, "domains": ["arithmetic", "code"], "steps_per_domain": 40, "batch_size": 8,
+          "segment_bytes": 64, "warmup_steps": 0, "lr": 3e-3}
     plain, replay = run_text_domains("full", **kw), run_text_domains("full+replay", **kw)
     assert plain["forgetting"] > 0.1 and plain["nll_bwt"] > 1.0
     assert replay["forgetting"] < plain["forgetting"] - 0.1 and replay["nll_bwt"] < plain["nll_bwt"] - 1.0
