@@ -46,8 +46,8 @@ def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    for row in cells:  # the first column names the row: left-aligned; figures right-aligned
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:

@@ -51,8 +51,9 @@ class Batch:
 class LabelBatch:
     """A classification batch: inputs [B, ...], labels [B] int64, weights [B].
 
-    ``allowed`` [C] bool optionally restricts the classes the loss competes over (a
-    task-incremental head); logits outside it are masked out.
+    ``allowed`` [C] or [B, C] bool optionally restricts the classes the loss competes over (a
+    task-incremental head; one row per example when a batch mixes tasks, e.g. with replay);
+    logits outside it are masked out.
     """
 
     inputs: Tensor
