@@ -84,7 +84,7 @@ class Learner:
         update: "sparse", "lora" or "full".
         neuron_fraction: sparse budget per plastic layer, as a share of its neurons.
         seed: seeds neuron selection (per committed step), so runs repeat bitwise.
-        lr: learning rate (default per family: sparse 1e-3, lora 3e-3, full 1e-3).
+        lr: learning rate (default per family: sparse 1e-3 x 512 / model width, lora 3e-3, full 1e-3).
         betas, eps, weight_decay: AdamW settings.
         clip_norm: gradient clipping threshold (global L2 norm; 0 disables).
         plastic_layers: how many of the last layers may change (sparse), or explicit indices.
@@ -153,6 +153,11 @@ class Learner:
         self.plastic_layers = layers
         self.guard = guard_for(model)
         self.lr = lr if lr is not None else DEFAULT_LR[update]
+        if lr is None and update == "sparse":
+            # an Adam step moves every coordinate of a selected neuron by ~lr, so its effect on the
+            # neuron's pre-activation grows with the width D: scale the default as 1 / D
+            width = model.neuron_layouts()[layers[0]].in_weights[0].shape[1]
+            self.lr = DEFAULT_LR["sparse"] * 512 / width
         self.locked: dict[int, Tensor] = {}
         self.lr_scale: dict[int, Tensor] = {}  # per-neuron learning-rate factors (consolidation damping)
         self.step_observers: list[Any] = []  # called with (layer, neurons, flat grads) per sparse commit
