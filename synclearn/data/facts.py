@@ -8,7 +8,7 @@ candidates when recall is scored by ranking.
 
     fact = Fact("Kado", "pet", "a parrot")
     fact.question()          # "What is Kado's pet?"
-    fact.answer()            # "Kado's pet is a parrot."
+    fact.answer()            # "It's a parrot."
     facts = generate_facts(40, seed=0)       # distinct (name, attribute) pairs
     facts = load_facts("my_facts.jsonl")     # {"name": ..., "attribute": ..., "value": ...} per line
 
@@ -18,6 +18,7 @@ and benchmarks draw them from the same generator with different seeds.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -46,7 +47,9 @@ QUESTION_FORMS: tuple[str, ...] = (
     "Tell me {name}'s {attribute}.",
     "What's the {attribute} of {name}?",
 )
-ANSWER_FORM = "{name}'s {attribute} is {value}."
+# The answer names the value only: repeating an arbitrary name byte by byte is a copying task that
+# a small linear-time mixer does poorly, and it is not what the benchmark measures.
+ANSWER_FORM = "It's {value}."
 
 _ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
 _VOWELS = ("a", "e", "i", "o", "u")
@@ -72,7 +75,11 @@ class Fact:
 
     def answer(self, value: str | None = None) -> str:
         """The answer sentence, with this fact's value or another candidate ``value``."""
-        return ANSWER_FORM.format(name=self.name, attribute=self.attribute, value=self.value if value is None else value)
+        return ANSWER_FORM.format(value=self.value if value is None else value)
+
+    def statement(self) -> str:
+        """The fact as one sentence: "Kado's pet is a parrot." """
+        return f"{self.name}'s {self.attribute} is {self.value}."
 
     def candidates(self) -> tuple[str, ...]:
         """The values this fact's slot can take: its attribute's set (plus its own value when
@@ -90,28 +97,49 @@ def random_fact(rng: random.Random) -> Fact:
     return Fact(make_name(rng), attribute, rng.choice(ATTRIBUTES[attribute]))
 
 
-def generate_facts(n: int, seed: int = 0, attributes: list[str] | None = None) -> list[Fact]:
+def generate_facts(n: int, seed: int | str = 0, attributes: list[str] | None = None,
+                   exclude_names: frozenset[str] | None = None) -> list[Fact]:
     """``n`` facts with distinct (name, attribute) pairs and random values.
 
     Args:
         n: how many facts.
         seed: the generator's seed.
         attributes: attributes to use (default: all of ``ATTRIBUTES``).
+        exclude_names: names never used (default: the names of the pretraining world,
+            ``world_facts``, so that a generated fact is new to a pretrained model).
     """
     attributes = list(attributes or ATTRIBUTES)
     unknown = [a for a in attributes if a not in ATTRIBUTES]
     if unknown or n < 0:
         raise ValueError(f"generate_facts(n={n!r}, attributes={unknown or attributes}): n must be >= 0 and "
                          f"attributes among {sorted(ATTRIBUTES)}")
+    exclude = world_names() if exclude_names is None else exclude_names
     rng = random.Random(f"facts-{seed}")
     seen: set[tuple[str, str]] = set()
     out: list[Fact] = []
     while len(out) < n:
         name, attribute = make_name(rng), rng.choice(attributes)
-        if (name, attribute) not in seen:
+        if (name, attribute) not in seen and name not in exclude:
             seen.add((name, attribute))
             out.append(Fact(name, attribute, rng.choice(ATTRIBUTES[attribute])))
     return out
+
+
+WORLD_SIZE = 3000  # facts of the pretraining world
+
+
+@functools.lru_cache(maxsize=4)
+def world_facts(n: int = WORLD_SIZE) -> tuple[Fact, ...]:
+    """The pretraining world: ``n`` fixed facts (about 2700 people for the default size) that the
+    chat base learns by heart. They teach it to tell people apart by name when it answers,
+    which is what lets a learner later bind a new fact to a new name."""
+    return tuple(generate_facts(n, seed="world", exclude_names=frozenset()))
+
+
+@functools.lru_cache(maxsize=1)
+def world_names() -> frozenset[str]:
+    """Names that occur in the pretraining world (benchmarks avoid them)."""
+    return frozenset(f.name for f in world_facts())
 
 
 def load_facts(path: str | os.PathLike) -> list[Fact]:

@@ -2,10 +2,13 @@
 
 Simulated users talk to a :class:`~synclearn.chat.ChatSession` with the learner attached.
 Some turns teach a fact: the user asks a question the model cannot know ("What is Kado's
-pet?") and corrects the answer ("Kado's pet is a parrot."); the turn is logged with that
+pet?") and corrects the answer ("It's a parrot."); the turn is logged with that
 correction, so what the learner takes from the log is exactly the fact (the replay builder
 trains on a row's correction when it has one). The other turns are small talk
-(:mod:`synclearn.data.smalltalk`), logged and learned like any served turn. Each fact is
+(:mod:`synclearn.data.smalltalk`), logged and learned like any served turn; with
+``filler_feedback="correct"`` the users also correct wrong small-talk replies (as they would
+a wrong answer), with ``"none"`` the learner learns the model's own replies as they are,
+mistakes included (a harsher setting: learning from its own errors, a model drifts). Each fact is
 probed (:mod:`synclearn.eval.recall`: exact match of a fresh conversation's greedy reply, and
 rank of the true value among its attribute's values) ``d`` interactions after it was taught,
 for every ``d`` in ``delays``.
@@ -53,20 +56,25 @@ from synclearn.eval.recall import Probe, probe_fact
 
 
 class CorrectingLog:
-    """The interaction log as the chat front end writes it: a teaching turn is appended with the
-    user's correction in the same transaction, so a learner never sees it uncorrected.
-    Everything else is the wrapped :class:`~synclearn.memory.InteractionLog`."""
+    """The interaction log as the chat front end writes it: when the user knows the right answer
+    to a turn and the reply differs, the turn is appended with the user's correction in the same
+    transaction, so a learner never sees it uncorrected. Everything else is the wrapped
+    :class:`~synclearn.memory.InteractionLog`."""
 
     def __init__(self, log: Any) -> None:
         self._log, self._expected = log, None
+        self.corrected = 0
 
     def expect(self, prompt: str, correction: str) -> None:
-        """The next append of ``prompt`` carries ``correction``."""
+        """The next append of ``prompt`` carries ``correction`` unless the reply already equals it."""
         self._expected = (prompt, correction)
 
     def append(self, session_id: str, prompt: str, response: str, **meta: Any) -> int:
         if self._expected is not None and self._expected[0] == prompt:
-            meta["feedback_correction"], self._expected = self._expected[1], None
+            if response.strip() != self._expected[1]:
+                meta["feedback_correction"] = self._expected[1]
+                self.corrected += 1
+            self._expected = None
         return self._log.append(session_id=session_id, prompt=prompt, response=response, **meta)
 
     def __getattr__(self, name: str) -> Any:
@@ -96,8 +104,8 @@ def build_stream(n_facts_taught: int, n_groups: int, gap: int, max_delay: int) -
 def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any, serve: Any, seed: int = 0,
         progress: bool = True, n_facts: int = 40, n_groups: int = 5, gap: int = 4,
         delays: Sequence[int] = (0, 10, 100, 1000), facts_file: str | None = None, probe_form: str = "same",
-        conversation_turns: int = 4, latency_prompts: int = 16, rank: bool = True,
-        wait_timeout_s: float = 120.0) -> dict[str, Any]:
+        conversation_turns: int = 4, filler_feedback: str = "correct", latency_prompts: int = 16,
+        rank: bool = True, wait_timeout_s: float = 120.0) -> dict[str, Any]:
     """Run the benchmark (see the module docstring for the contract).
 
     Args:
@@ -108,6 +116,7 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
         delays: probe each fact this many interactions after it was taught.
         probe_form: "same" (probe with the teaching question) or "paraphrase" (another form).
         conversation_turns: turns per simulated conversation (the session resets between them).
+        filler_feedback: "correct" (users correct wrong small-talk replies) or "none".
         latency_prompts: prompts served per condition in the latency measurement (0 = skip).
         rank: also score recall by ranking the candidate answers.
         wait_timeout_s: longest wait for the learner to take in one turn.
@@ -120,6 +129,8 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
                          f"gap >= 0 (got {gap}), conversation_turns >= 1 (got {conversation_turns})")
     if probe_form not in ("same", "paraphrase"):
         raise ValueError(f"probe_form={probe_form!r} (expected 'same' or 'paraphrase')")
+    if filler_feedback not in ("correct", "none"):
+        raise ValueError(f"filler_feedback={filler_feedback!r} (expected 'correct' or 'none')")
     if facts_file:
         facts = load_facts(facts_file)[: n_facts or None]
     else:
@@ -163,7 +174,10 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
             if (t - 1) % conversation_turns == 0:
                 session.reset()
             if fact_index is None:
-                reply = session.send(next(filler)["prompt"])
+                turn = next(filler)
+                if filler_feedback == "correct":
+                    front.expect(turn["prompt"], turn["response"])
+                reply = session.send(turn["prompt"])
             else:
                 front.expect(teach_q[fact_index], facts[fact_index].answer())
                 reply = session.send(teach_q[fact_index])
@@ -193,8 +207,10 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
     lat = measure_latency(session, learner, [p["prompt"] for p in smalltalk(latency_prompts, seed=seed + 1)],
                           attach_options={**memory.attach_options(), **serve.attach_options()}) \
         if latency_prompts else None
-    return _results(out_dir, facts, records, R_exact, R_rank, baseline_exact, baseline_rank, delays, status, lat,
-                    serving_ms, len(turns), stream_s, learner)
+    results = _results(out_dir, facts, records, R_exact, R_rank, baseline_exact, baseline_rank, delays, status, lat,
+                       serving_ms, len(turns), stream_s, learner)
+    results["corrected_turns"] = front.corrected
+    return results
 
 
 def _progress(total: int, enabled: bool):

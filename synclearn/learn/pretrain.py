@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 from synclearn.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, build_model, load_model, save_model
 from synclearn.model.config import NAMED_CONFIGS, MCSDConfig, named_config
 
-DATA_VERSION = 1  # bump when synclearn.data.chat_mix changes what it generates: old caches go stale
+DATA_VERSION = 2  # bump when synclearn.data.chat_mix changes what it generates: old caches go stale
 META_FILE = "pretrain.json"
 _PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 _STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "single_device")
@@ -58,7 +59,8 @@ class PretrainConfig:
         steps: optimizer steps. batch_size: windows per step (per device). seq_len: tokens per window.
         lr: peak learning rate (one-cycle: linear warm-up over ``warmup`` of the steps, cosine decay).
         weight_decay: AdamW weight decay. clip_norm: gradient clipping (0 = off).
-        fact_share, smalltalk_share: the mix (see :func:`synclearn.data.chat_mix.chat_mix`).
+        fact_share, smalltalk_share, world_share, n_world, recall_share: the mix (see
+            :func:`synclearn.data.chat_mix.chat_mix`).
         seed: initialization and data seed.
         accelerator: "cpu", "cuda", "auto", ... devices: how many. precision: Fabric precision
         ("32-true", "bf16-mixed", ...). strategy: "auto", "ddp", "fsdp", ...
@@ -75,6 +77,9 @@ class PretrainConfig:
     clip_norm: float = 1.0
     fact_share: float = 0.6
     smalltalk_share: float = 0.25
+    world_share: float = 0.5
+    n_world: int = 3000
+    recall_share: float = 0.0
     seed: int = 0
     accelerator: str = "cpu"
     devices: int = 1
@@ -212,7 +217,8 @@ def main(fabric: Any, config: PretrainConfig, out_dir: Path, *, progress: bool =
     window = config.seq_len + 1
     per_step = config.batch_size * fabric.world_size
     data = chat_mix(config.steps * per_step * window, seed=config.seed, fact_share=config.fact_share,
-                    smalltalk_share=config.smalltalk_share)
+                    smalltalk_share=config.smalltalk_share, world_share=config.world_share,
+                    n_world=config.n_world, recall_share=config.recall_share)
     losses = fit(fabric, model, optimizer, data, config, progress=progress)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +285,7 @@ def cli_main(argv: list[str] | None = None) -> int:
 
     from synclearn.run import CONF_DIR
 
-    argv = list(argv or [])
+    argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(cli_main.__doc__)
         return 0
@@ -287,9 +293,9 @@ def cli_main(argv: list[str] | None = None) -> int:
         cfg = compose(config_name="pretrain", overrides=argv)
     settings = OmegaConf.to_container(cfg.model, resolve=True)
     target = settings.pop("_target_", None)
-    if target != f"{__name__}.pretrained_model":
+    if target != "synclearn.learn.pretrain.pretrained_model":
         raise SystemExit(f"model={target!r} is not a pretrained model; pick one whose _target_ is "
-                         f"{__name__}.pretrained_model (e.g. model=mcsd-chat)")
+                         "synclearn.learn.pretrain.pretrained_model (e.g. model=mcsd-chat)")
     model = instantiate({"_target_": target, **settings, "force": bool(cfg.force)})
     info = model.pretrain_info
     print(f"{'trained' if info['trained_now'] else 'cached'}: {info['path']} ({info['parameters'] / 1e6:.2f}M "

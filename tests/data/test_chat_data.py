@@ -21,8 +21,8 @@ def test_generated_facts_are_distinct_and_valid():
 def test_fact_sentences_and_candidates():
     fact = Fact("Kado", "pet", "a parrot")
     assert fact.question() == "What is Kado's pet?"
-    assert fact.answer() == "Kado's pet is a parrot."
-    assert fact.answer("a cat") == "Kado's pet is a cat."
+    assert fact.answer() == "It's a parrot." and fact.statement() == "Kado's pet is a parrot."
+    assert fact.answer("a cat") == "It's a cat."
     assert {fact.question(k) for k in range(len(QUESTION_FORMS))} == {
         q.format(name="Kado", attribute="pet") for q in QUESTION_FORMS}
     assert fact.candidates() == ATTRIBUTES["pet"]

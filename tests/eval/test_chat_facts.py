@@ -48,16 +48,21 @@ def test_correcting_log_attaches_the_fact_to_the_teaching_turn(tmp_path, model):
         front.expect(fact.question(), fact.answer())
         taught = session.send(fact.question()).interaction_id
         other = session.send(fact.question()).interaction_id  # only the expected turn is corrected
-        assert log.get(taught)["feedback_correction"] == "Kado's pet is a parrot."
+        assert log.get(taught)["feedback_correction"] == "It's a parrot."
         assert log.get(other)["feedback_correction"] is None
+        session.reset()
+        reply = session.send("Hello!").text
+        session.reset()
+        front.expect("Hello!", reply)  # a right reply needs no correction
+        assert log.get(session.send("Hello!").interaction_id)["feedback_correction"] is None
         batch = ReplayBatchBuilder(log, uniform, replay_ratio=0.0, batch_size=2).next_batch()
-        assert batch[0]["response"] == "Kado's pet is a parrot."  # what the learner trains on
+        assert batch[0]["response"] == "It's a parrot."  # what the learner trains on
 
 
 @torch.no_grad()
 def test_candidate_logprobs_match_token_by_token_decoding(model):
     tok = model.tokenizer
-    question, answers = "What is Kado's pet?", ["Kado's pet is a cat.", "Kado's pet is a parrot."]
+    question, answers = "What is Kado's pet?", ["It's a cat.", "It's a parrot."]
     got = candidate_logprobs(model, question, answers)
     for k, answer in enumerate(answers):  # reference: prefill the prompt, then the recurrent form token by token
         logits, state = model.prefill(torch.tensor([[tok.BOS] + tok.chat([{"role": "user", "content": question}])]))
@@ -113,7 +118,8 @@ def test_run_writes_metrics_probes_and_plots(model, tmp_path):
     assert all(int(p["t"]) - int(p["delay"]) in (1, 3, 5, 7) for p in probes)  # taught at turns 1, 3, 5, 7
     for png in ("retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len([r for r in rows if r["feedback_correction"]]) == 4
+    taught = [r for r in rows if (r["feedback_correction"] or "").startswith("It's ")]
+    assert len(taught) == 4 and out["corrected_turns"] >= 4  # facts, and small talk the model got wrong
     assert any("recall by delay" in line for line in out["summary"])
     json.dumps({k: v for k, v in out.items() if k != "summary"})  # metrics are JSON-ready
 
@@ -122,15 +128,19 @@ def test_facts_from_a_file_and_paraphrased_probes(model, tmp_path):
     facts = [Fact("Ada", "pet", "a cat"), Fact("Bo", "sport", "golf"), Fact("Cy", "boat", "the Swift")]
     save_facts(facts, tmp_path / "facts.jsonl")
     out, rows, _ = run_tiny(model, tmp_path, MemorySetup(replay_ratio=0.0, batch_size=1), n_facts=0, n_groups=3,
-                            facts_file=str(tmp_path / "facts.jsonl"), probe_form="paraphrase", latency_prompts=0)
+                            facts_file=str(tmp_path / "facts.jsonl"), probe_form="paraphrase", latency_prompts=0,
+                            filler_feedback="none")
     assert out["facts"] == 3 and "latency_overhead_p50" not in out
-    corrected = {r["prompt"]: r["feedback_correction"] for r in rows if r["feedback_correction"]}
-    assert sorted(corrected.values()) == sorted(f.answer() for f in facts)
+    corrected = [r["feedback_correction"] for r in rows if (r["feedback_correction"] or "").startswith("It's ")]
+    assert sorted(corrected) == sorted(f.answer() for f in facts)
+    assert out["corrected_turns"] == len(corrected)  # filler_feedback="none": small talk is learned as replied
 
 
 def test_bad_settings_are_named(model, tmp_path):
     with pytest.raises(ValueError, match="probe_form"):
         run_tiny(model, tmp_path, MemorySetup(), probe_form="other")
+    with pytest.raises(ValueError, match="filler_feedback"):
+        run_tiny(model, tmp_path, MemorySetup(), filler_feedback="maybe")
     with pytest.raises(ValueError, match="n_groups=9"):
         run_tiny(model, tmp_path, MemorySetup(), n_groups=9)
     assert len(generate_facts(3)) == 3
