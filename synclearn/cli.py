@@ -12,7 +12,9 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("synclearn.run:main", "run the main job on the embedded defaults"),
+    "run": ("synclearn.run:main", "run the main job on the embedded defaults (Hydra overrides, -m for sweeps)"),
+    "pretrain": ("synclearn.learn.pretrain:cli_main", "train (or reuse from the cache) the chat base model"),
+    "report": ("synclearn.eval.report:main", "aggregate a run or multirun directory into tables and plots"),
     "chat": ("synclearn.chat.commands:chat_main", "chat in the terminal (learn, feedback, forget, status, save)"),
     "serve": ("synclearn.chat.commands:serve_main", "OpenAI-compatible server with an attachable learner"),
     "attach": ("synclearn.chat.commands:attach_main", "attach a learner to a running server: synclearn attach URL"),
