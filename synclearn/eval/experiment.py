@@ -54,6 +54,8 @@ class MemorySetup:
         consolidate_every: apply the consolidation policy every this many steps.
         fading: a :class:`~synclearn.memory.Fading` (faded records leave replay), or None.
         journal: keep a step journal (exact forgetting) in the output directory.
+        new_repeats: steps each new turn is trained in (each with fresh replay) before it
+            counts as learned; ``learned_loss`` ends that early once its loss is below it.
     """
 
     replay_ratio: float = 0.5
@@ -62,11 +64,14 @@ class MemorySetup:
     consolidate_every: int = 20
     fading: Any = None
     journal: bool = False
+    new_repeats: int = 1
+    learned_loss: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.replay_ratio <= 1 or self.batch_size < 1 or self.consolidate_every < 1:
+        if not 0 <= self.replay_ratio <= 1 or self.batch_size < 1 or self.consolidate_every < 1 or self.new_repeats < 1:
             raise ValueError(f"MemorySetup: replay_ratio={self.replay_ratio!r} must be in [0, 1], batch_size="
-                             f"{self.batch_size!r} and consolidate_every={self.consolidate_every!r} >= 1")
+                             f"{self.batch_size!r}, consolidate_every={self.consolidate_every!r} and new_repeats="
+                             f"{self.new_repeats!r} >= 1")
         self.policy: Any = None
         self.consolidator: Any = None
 
@@ -81,7 +86,8 @@ class MemorySetup:
         if self.policy is None:
             raise RuntimeError("MemorySetup.bind(learner, policy) must run before attach_options()")
         return {"batch_size": self.batch_size, "replay_ratio": self.replay_ratio, "policy": self.policy,
-                "consolidation": self.consolidator, "consolidate_every": self.consolidate_every}
+                "consolidation": self.consolidator, "consolidate_every": self.consolidate_every,
+                "new_repeats": self.new_repeats, "learned_loss": self.learned_loss}
 
     def builder(self, log: Any, seed: int = 0):
         """A :class:`~synclearn.memory.ReplayBatchBuilder` with these settings (for benchmarks
@@ -89,7 +95,7 @@ class MemorySetup:
         from synclearn.memory import ReplayBatchBuilder
 
         return ReplayBatchBuilder(log, self.policy, replay_ratio=self.replay_ratio, batch_size=self.batch_size,
-                                  seed=seed)
+                                  seed=seed, new_repeats=self.new_repeats, learned_loss=self.learned_loss)
 
 
 @dataclass

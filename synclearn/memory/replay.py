@@ -288,6 +288,11 @@ class ReplayBatchBuilder:
     ``commit`` returns the same batch (the generator is seeded by ``(seed, step)``),
     so a failed ``Learner.step`` can simply be retried.
 
+    A new row stays new for up to ``new_repeats`` committed batches (each with a fresh
+    replay draw) and is marked learned after the last, or as soon as its recorded loss
+    falls below ``learned_loss``: a correction is rehearsed until it has been taken in, as a
+    person repeats a new name a few times, not once.
+
     Args:
         log: The interaction log.
         policy: A replay policy (see the module docstring).
@@ -296,6 +301,9 @@ class ReplayBatchBuilder:
         seed: Seed of the replay draws.
         use_corrections: Train on the user's correction instead of the logged
             response when one exists.
+        new_repeats: Batches each new row is trained in before it counts as learned.
+        learned_loss: A new row counts as learned early once its loss (as recorded by
+            ``commit``, measured before that step's update) is below this (None: never early).
     """
 
     def __init__(
@@ -307,11 +315,19 @@ class ReplayBatchBuilder:
         batch_size: int = 8,
         seed: int = 0,
         use_corrections: bool = True,
+        new_repeats: int = 1,
+        learned_loss: float | None = None,
     ) -> None:
         if not 0.0 <= replay_ratio <= 1.0:
             raise ValueError(f"replay_ratio must be in [0, 1], got {replay_ratio!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(new_repeats, int) or new_repeats < 1:
+            raise ValueError(f"new_repeats must be a positive int, got {new_repeats!r}")
+        if learned_loss is not None and not learned_loss > 0:
+            raise ValueError(f"learned_loss must be > 0 or None, got {learned_loss!r}")
+        self.new_repeats, self.learned_loss = new_repeats, learned_loss
+        self._repeats: dict[int, int] = {}  # new row id -> batches it was trained in so far
         self.log, self.policy = log, policy
         self.replay_ratio, self.batch_size, self.seed = float(replay_ratio), batch_size, int(seed)
         self.use_corrections = use_corrections
@@ -323,6 +339,8 @@ class ReplayBatchBuilder:
         now = time.time() if now is None else now
         rng = np.random.default_rng([self.seed, self.step])
         new_rows = self.log.unlearned(self.batch_size)
+        live = {r["id"] for r in new_rows}
+        self._repeats = {rid: n for rid, n in self._repeats.items() if rid in live}  # forgotten rows drop out
         candidates = self.log.replay_candidates()
         want_replay = round(self.replay_ratio * self.batch_size)
         n_new = min(len(new_rows), self.batch_size - min(want_replay, len(candidates)))
@@ -340,7 +358,8 @@ class ReplayBatchBuilder:
                now: float | None = None) -> None:  # fmt: skip
         """Records that ``batch`` (the last ``next_batch``) was trained on.
 
-        New rows are marked learned, replayed rows get a replay (count, strength),
+        New rows are marked learned (once trained ``new_repeats`` times, or below
+        ``learned_loss``), replayed rows get a replay (count, strength),
         and per-example ``losses``, if given, are stored. Advances the step.
         """
         ids = [int(e["id"]) for e in batch]
@@ -350,7 +369,15 @@ class ReplayBatchBuilder:
         now = time.time() if now is None else now
         if losses is not None:
             self.log.record_loss(ids, losses, now=now)
-        self.log.mark_learned(new_ids, now=now)
+        done = []
+        for k, rid in enumerate(new_ids):
+            count = self._repeats.pop(rid, 0) + 1
+            early = losses is not None and self.learned_loss is not None and losses[k] < self.learned_loss
+            if count >= self.new_repeats or early:
+                done.append(rid)
+            else:
+                self._repeats[rid] = count
+        self.log.mark_learned(done, now=now)
         self.log.mark_replayed(replay_ids, now=now)
         self._pending = None
         self.step += 1

@@ -228,12 +228,38 @@ def test_every_policy_drives_the_builder(tmp_path, policy):
         assert sum(r["replay_count"] for r in log.iter_rows()) == 3 * 2 + 6
 
 
+def test_new_rows_are_rehearsed_until_repeated_or_below_the_loss(tmp_path):
+    with InteractionLog(tmp_path / "log.db") as log:
+        ids = _fill(log, 8, learned=5)
+        builder = ReplayBatchBuilder(log, uniform, replay_ratio=0.5, batch_size=4, seed=0, new_repeats=3,
+                                     learned_loss=0.1)
+        seen = []
+        for step in range(2):
+            batch = builder.next_batch(now=10.0 + step)
+            assert [e["id"] for e in batch[:2]] == ids[5:7]  # the same two new rows, fresh replay
+            seen.append([e["id"] for e in batch[2:]])
+            # row 6 drops below the loss in its second step; row 5 needs all three repeats
+            builder.commit(batch, losses=[0.5, 0.05 if step else 0.5, 1.0, 1.0], now=10.0 + step)
+            assert set(log.ids(learned=False)) == set(ids[5:8] if step == 0 else [ids[5], ids[7]])
+        assert seen[0] != seen[1]
+        batch = builder.next_batch(now=20.0)
+        assert [e["id"] for e in batch[:2]] == [ids[5], ids[7]]
+        builder.commit(batch, losses=[1.0] * 4, now=20.0)
+        assert log.ids(learned=False) == [ids[7]]  # row 5: third repeat
+        log.delete([ids[7]])  # a forgotten row leaves the rehearsal with the log
+        assert builder.next_batch(now=21.0) and ids[7] not in builder._repeats
+
+
 def test_builder_rejects_bad_settings(tmp_path):
     with InteractionLog(tmp_path / "log.db") as log:
         with pytest.raises(ValueError, match="replay_ratio"):
             ReplayBatchBuilder(log, replay_ratio=1.5)
         with pytest.raises(ValueError, match="batch_size"):
             ReplayBatchBuilder(log, batch_size=0)
+        with pytest.raises(ValueError, match="new_repeats"):
+            ReplayBatchBuilder(log, new_repeats=0)
+        with pytest.raises(ValueError, match="learned_loss"):
+            ReplayBatchBuilder(log, learned_loss=-1.0)
 
 
 def _assert_same(a: Candidates, b: Candidates) -> None:
