@@ -12,6 +12,7 @@ Goals (issue 5): attached p50 <= 1.10x and p99 <= 1.25x of detached; the learner
 >= 50% of its standalone rate at 50% serving load. On CUDA the learner uses its own stream.
 
     python experiments/bench_serve_learn.py [--model mcsd-small] [--loads 0.25 0.5] [--seconds 30]
+                                            [--device cpu|cuda] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -86,10 +87,14 @@ def main() -> None:
     ap.add_argument("--learn-threads", type=int, default=1)
     ap.add_argument("--fraction", type=float, default=0.05)
     ap.add_argument("--no-yield", action="store_true", help="learner steps do not pause for requests in flight")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the learner runs on its own stream)")
+    ap.add_argument("--dtype", default="float32", help="model weights: float32, bfloat16, ...")
     ap.add_argument("--out", default="experiments/out/bench_serve_learn.json")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device={args.device}: CUDA is not available here")
 
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
     prompts = [p["prompt"] for p in chat_pairs(64, seed=1)]
     tmp = Path(tempfile.mkdtemp())
     seed_log = InteractionLog(tmp / "seed.db")
@@ -143,7 +148,8 @@ def main() -> None:
         if abs(load - 0.5) < 1e-9:
             goals["learner>=50%@0.5"] = {"value": att["learn_vs_alone"], "target": 0.5, "met": att["learn_vs_alone"] >= 0.5}
 
-    print(f"\n{args.model} ({model.num_parameters() / 1e6:.1f}M), {args.new_tokens} new tokens per request, "
+    print(f"\n{args.model} ({model.num_parameters() / 1e6:.1f}M, {args.dtype} on {args.device}), "
+          f"{args.new_tokens} new tokens per request, "
           f"service time {service_s * 1e3:.0f} ms, serve threads {args.serve_threads}, learn threads {args.learn_threads}, "
           f"learner {'does not yield' if args.no_yield else 'yields at layer boundaries'} to requests in flight")
     print(f"learner alone: {alone_rate_wall:.2f} steps/s ({alone['steps']} steps)\n")
