@@ -133,8 +133,13 @@ class ServeSettings:
 
 def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     """Build the model, log, learner and memory from ``cfg``, run its benchmark into ``out_dir``,
-    write ``metrics.json``/``metrics.csv``/``summary.txt`` and a checkpoint; returns the metrics."""
-    from hydra.utils import instantiate
+    write ``metrics.json``/``metrics.csv``/``summary.txt`` and a checkpoint; returns the metrics.
+
+    A benchmark that builds its own model (its function has ``builds_model = True``:
+    split-digits and text-domains) gets no model, learner or log, and the model group is not
+    built: :func:`run_own_model_benchmark` calls it as ``run(out_dir, *, learner, memory,
+    seed, progress, **options)``, ``learner`` being the learner group's settings."""
+    from hydra.utils import get_method, instantiate
 
     from synclearn.chat.checkpoint import CheckpointStore
     from synclearn.memory import InteractionLog
@@ -143,6 +148,8 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    if getattr(get_method(cfg.benchmark._target_), "builds_model", False):
+        return run_own_model_benchmark(cfg, out_dir)
     model = instantiate(cfg.model)
     model_s = time.perf_counter() - t0
     log = InteractionLog(out_dir / "interactions.db")
@@ -167,6 +174,37 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "pretrained_now": float(bool(info and info["trained_now"])),
                     "pretrain_s": float(info["seconds"]) if info else float("nan")})
+    write_metrics(results, out_dir)
+    return results
+
+
+def learner_settings(learner_cfg: Any) -> dict[str, Any]:
+    """The learner group as plain Learner arguments: ``_target_``/``_partial_`` and None
+    values (= "the benchmark's default", e.g. ``learner.lr: null``) left out."""
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_container(learner_cfg, resolve=True)
+    return {k: v for k, v in settings.items() if v is not None and k not in ("_target_", "_partial_")}
+
+
+def run_own_model_benchmark(cfg: Any, out_dir: Path) -> dict[str, Any]:
+    """:func:`run_experiment` for a benchmark that builds its own model (``builds_model``):
+    nothing of the ``model`` group is built (no chat-base pretraining), and there is no
+    interaction log or checkpoint. The benchmark gets the learner group's settings
+    (:func:`learner_settings`) and the memory group (a :class:`MemorySetup`, not bound);
+    ``serve.serve_threads`` sets the torch threads (0 = leave as is)."""
+    from hydra.utils import instantiate
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    memory = instantiate(cfg.memory)
+    serve = instantiate(cfg.serve)
+    if serve.serve_threads:
+        torch.set_num_threads(serve.serve_threads)
+    benchmark = instantiate(cfg.benchmark)
+    results = benchmark(out_dir=out_dir, learner=learner_settings(cfg.learner), memory=memory, seed=cfg.seed,
+                        progress=cfg.progress)
+    results["wall_s"] = time.perf_counter() - t0
     write_metrics(results, out_dir)
     return results
 

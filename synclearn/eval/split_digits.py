@@ -18,19 +18,29 @@ Methods (``METHODS``; one :class:`~synclearn.learn.Learner` each, same epochs fo
     lora+replay     LoRA + the same replay buffer
     full+replay     dense AdamW + the same replay buffer
 
+LoRA and full updates have no neurons to lock, so their consolidation is the EWC penalty of
+``Consolidation("ewc")`` (``EWC_METHODS``: lora+ewc, lora+replay+ewc, full+ewc,
+full+replay+ewc): at each task boundary the Fisher information (squared gradients of the loss)
+is estimated on the task's training examples and every later step is pulled toward the
+weights of that boundary. These are not in ``METHODS`` (the benchmark scripts' default list)
+and have no tuned learning rate: they use the rate of the same method without ``+ewc``.
+
 Every method with replay uses one buffer of ``buffer_size`` examples (Algorithm R over the
 training stream, seeded), and each step trains on ``batch_size`` new examples plus up to
 ``batch_size`` replayed ones. After each task the model is tested on every task's test set:
 ``R[i, j]`` = accuracy on task j after training task i, and ACC, BWT, forgetting and FWT
 follow (:mod:`synclearn.eval.metrics`; FWT against the untrained model's accuracy).
 
-Learning rates: every method gets its own (``DEFAULT_LR[setting][method]``), the one with
+Learning rates: every method of ``METHODS`` gets its own (``DEFAULT_LR[setting][method]``), the one with
 the best mean ACC in a sweep over 1e-4 .. 1e-1 on seeds 100-104 -- not the reported seeds
 (0, 1, 2, ...) -- at the default epochs, batch size, buffer and budgets
 (``experiments/bench_split_digits.py --lrs ...``).
 
     result = run_split_digits("consolidation", "class", seed=0, out_dir=Path("out"))
     result["acc"], result["R"]
+
+From Hydra, :func:`run` is the benchmark (``synclearn run experiment=split_digits``; the
+method follows from the ``learner`` and ``memory`` groups, :func:`hydra_method`).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +59,9 @@ from torch import Tensor
 
 from synclearn.eval import metrics
 
-__all__ = ["DEFAULT_LR", "METHODS", "SETTINGS", "TASKS", "DigitsSplit", "MethodSpec", "ReservoirBuffer",
-           "evaluate_tasks", "load_split_digits", "method_spec", "run_split_digits", "task_mask"]
+__all__ = ["DEFAULT_LR", "EWC_METHODS", "METHODS", "SETTINGS", "TASKS", "DigitsSplit", "MethodSpec",
+           "ReservoirBuffer", "default_lr", "evaluate_tasks", "hydra_method", "load_split_digits", "method_spec",
+           "run", "run_split_digits", "task_mask"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,13 @@ METHODS: dict[str, MethodSpec] = {
     "full": MethodSpec("full", replay=False, consolidate=False),
     "full+replay": MethodSpec("full", replay=True, consolidate=False),
 }
+# LoRA/full with consolidation: the EWC penalty (no neurons to lock); see the module docstring.
+EWC_METHODS: dict[str, MethodSpec] = {
+    "lora+ewc": MethodSpec("lora", replay=False, consolidate=True),
+    "lora+replay+ewc": MethodSpec("lora", replay=True, consolidate=True),
+    "full+ewc": MethodSpec("full", replay=False, consolidate=True),
+    "full+replay+ewc": MethodSpec("full", replay=True, consolidate=True),
+}
 SETTINGS = ("class", "task")
 TASKS: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 # Best mean ACC of the lr sweep (seeds 100-104; 5 epochs, batch 32, buffer 200, 5% neurons, lock 0.1).
@@ -82,10 +101,58 @@ DEFAULT_LR: dict[str, dict[str, float]] = {
 
 
 def method_spec(method: str) -> MethodSpec:
-    """The :class:`MethodSpec` of ``method``; raises ValueError listing the accepted names."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; accepted: {list(METHODS)}")
-    return METHODS[method]
+    """The :class:`MethodSpec` of ``method`` (``METHODS`` or ``EWC_METHODS``); raises
+    ValueError listing the accepted names."""
+    spec = METHODS.get(method) or EWC_METHODS.get(method)
+    if spec is None:
+        raise ValueError(f"unknown method {method!r}; accepted: {[*METHODS, *EWC_METHODS]}")
+    return spec
+
+
+def default_lr(table: dict[str, float], method: str) -> float:
+    """``table[method]``; an ``EWC_METHODS`` method (no tuned rate) gets the rate of the same
+    method without ``+ewc``."""
+    method_spec(method)
+    return table[method] if method in table else table[method.removesuffix("+ewc")]
+
+
+def hydra_method(update: str, memory: Any, benchmark: str = "split-digits") -> str:
+    """The method that a ``learner`` group (its ``update``) and a ``memory`` group (a
+    :class:`~synclearn.eval.experiment.MemorySetup`) stand for::
+
+        memory:        none          replay        consolidate (replay + consolidation)
+        sparse         naive         replay        consolidation (lock)
+        lora           lora          lora+replay   lora+replay+ewc
+        full           full          full+replay   full+replay+ewc
+
+    Replay is on when ``memory.replay_ratio > 0`` (the benchmark's reservoir buffer, one
+    replayed example per new one), consolidation when ``memory.consolidation`` is set (so
+    ``memory=consolidate memory.replay_ratio=0`` gives lora+ewc / full+ewc). Raises
+    ValueError naming the problem for a combination the benchmark has no method for, and for
+    memory features a task benchmark without an interaction log cannot honour (fading, the
+    step journal).
+    """
+    problems = []
+    if getattr(memory, "fading", None) is not None:
+        problems.append("memory.fading is set (faded log records leave replay), but the benchmark keeps its own "
+                        "replay buffer and no interaction log")
+    if getattr(memory, "journal", False):
+        problems.append("memory.journal is true (a step journal for exact forgetting), which the benchmark "
+                        "does not use")
+    replay = float(getattr(memory, "replay_ratio", 0.0)) > 0
+    consolidate = getattr(memory, "consolidation", None) is not None
+    key = (update, replay, consolidate)
+    found = [name for name, spec in {**METHODS, **EWC_METHODS}.items()
+             if (spec.update, spec.replay, spec.consolidate) == key]
+    if not problems and not found:
+        problems.append(f"learner.update={update!r} with {'replay' if replay else 'no replay'} "
+                        f"(memory.replay_ratio={getattr(memory, 'replay_ratio', None)!r}) and "
+                        f"{'consolidation' if consolidate else 'no consolidation'} is not a method (sparse "
+                        "consolidation, neuron locking, needs replay)")
+    if problems:
+        raise ValueError(f"{benchmark}: unsupported learner/memory combination: " + "; ".join(problems)
+                         + " (use memory=none, replay or consolidate)")
+    return found[0]
 
 
 @dataclass(frozen=True)
@@ -199,12 +266,13 @@ def run_split_digits(
     d_ff: int = 256,
     n_layers: int = 2,
     out_dir: str | Path | None = None,
+    consolidation: Callable[[Any], Any] | None = None,
     **learner_kw: Any,
 ) -> dict[str, Any]:
     """Learn the 5 digit tasks in order with ``method`` and measure forgetting.
 
     Args:
-        method: one of ``METHODS`` (see the module docstring).
+        method: one of ``METHODS`` or ``EWC_METHODS`` (see the module docstring).
         setting: "class" (class-incremental) or "task" (task-incremental).
         seed: seeds the train/test split, the model's initialization, shuffling, the replay
             buffer and the learner's neuron selection; same seed, same result.
@@ -215,10 +283,14 @@ def run_split_digits(
         lock_fraction: share of each layer's neurons ``Consolidation("lock")`` locks at
             every task boundary ("consolidation").
         d_model, d_ff, n_layers: classifier shape.
+        consolidation: for consolidating methods, a callable ``learner -> Consolidation``
+            used instead of the default (``Consolidation(learner, "lock",
+            fraction=lock_fraction)`` for sparse, ``Consolidation(learner, "ewc")`` for
+            LoRA/full); it is applied at every task boundary.
         out_dir: if given, ``split_digits_<method>_<setting>_s<seed>.json`` and ``.png``
             (heatmap of R) are written there.
-        **learner_kw: more :class:`~synclearn.learn.Learner` arguments (``lr`` defaults to
-            ``DEFAULT_LR[setting][method]``).
+        **learner_kw: more :class:`~synclearn.learn.Learner` arguments (``lr``, when absent
+            or None, defaults to ``DEFAULT_LR[setting][method]``, see :func:`default_lr`).
 
     Returns:
         JSON-ready dict: ``acc``, ``bwt``, ``forgetting``, ``fwt`` (floats, None where
@@ -241,9 +313,15 @@ def run_split_digits(
 
     data = load_split_digits(seed)
     model = SelectableClassifier(d_in=64, d_model=d_model, d_ff=d_ff, n_layers=n_layers, n_classes=10, seed=seed)
-    learner_kw.setdefault("lr", DEFAULT_LR[setting][method])
+    if learner_kw.get("lr") is None:
+        learner_kw["lr"] = default_lr(DEFAULT_LR[setting], method)
     learner = Learner(model, update=spec.update, neuron_fraction=neuron_fraction, seed=seed, **learner_kw)
-    consolidation = Consolidation(learner, "lock", fraction=lock_fraction) if spec.consolidate else None
+    if not spec.consolidate:
+        consolidation = None
+    elif consolidation is not None:
+        consolidation = consolidation(learner)
+    else:
+        consolidation = Consolidation(learner, "lock" if spec.update == "sparse" else "ewc", fraction=lock_fraction)
     rng = np.random.default_rng(seed)
     buffer = ReservoirBuffer(buffer_size if spec.replay else 0, rng)
 
@@ -264,6 +342,11 @@ def run_split_digits(
                 if epoch == 0:  # the stream offers each example to the buffer once
                     buffer.add(new)
         if consolidation is not None:
+            if consolidation.policy == "ewc":  # Fisher of this task's loss, then anchor here
+                for start in range(0, len(idx), batch_size):
+                    y = data.y_train[idx[start : start + batch_size]]
+                    observe_fisher(consolidation, LabelBatch(data.x_train[idx[start : start + batch_size]], y,
+                                                             allowed=task_mask(y) if setting == "task" else None))
             consolidation.consolidate()
         seconds += time.perf_counter() - t0
         rows.append(evaluate_tasks(model, data, setting))
@@ -276,7 +359,9 @@ def run_split_digits(
         "update": spec.update, "uses_buffer": spec.replay, "buffer_size": buffer_size if spec.replay else 0,
         "epochs": epochs, "batch_size": batch_size, "lr": learner.lr,
         "neuron_fraction": neuron_fraction if spec.update == "sparse" else None,
-        "lock_fraction": lock_fraction if spec.consolidate else None, "locked_neurons": locked,
+        "lock_fraction": consolidation.fraction if consolidation is not None and consolidation.policy == "lock"
+        else None,
+        "consolidation": consolidation.policy if consolidation is not None else None, "locked_neurons": locked,
         **{k: _finite_or_none(v) for k, v in summary.items()},
         "R": R.tolist(), "baseline": baseline,
         "forgetting_curve": [_finite_or_none(v) for v in metrics.forgetting_curve(R)],
@@ -287,6 +372,121 @@ def run_split_digits(
     if out_dir is not None:
         _write_outputs(result, Path(out_dir), f"split_digits_{method.replace('+', '-')}_{setting}_s{seed}")
     return result
+
+
+def observe_fisher(consolidation: Any, batch: Any) -> None:
+    """Add one batch's squared loss gradients to an EWC ``consolidation``'s running Fisher
+    estimate (decayed like its other observations). ``batch`` is any learner batch with a
+    ``loss(logits)`` (a :class:`~synclearn.learn.batch.LabelBatch` here: ``Consolidation.observe``
+    takes text)."""
+    learner = consolidation.learner
+    logits = learner.model(batch.inputs.to(learner.model.device))
+    loss, _ = batch.loss(logits)
+    grads = torch.autograd.grad(loss, learner.params, allow_unused=True)
+    for i, g in enumerate(grads):
+        if g is not None:
+            consolidation.fisher[i].mul_(consolidation.neurons.decay).add_(g.detach().pow(2))
+
+
+# -- the Hydra benchmark --------------------------------------------------------------------------
+
+def split_learner_settings(learner: dict[str, Any], seed: int, benchmark: str) -> tuple[str, float | None, dict]:
+    """(update, neuron_fraction, other Learner arguments) from the learner group's settings
+    (its constructor arguments, None values meaning "the benchmark's default")."""
+    settings = {k: v for k, v in dict(learner).items() if v is not None and k not in ("_target_", "_partial_")}
+    update = settings.pop("update", "sparse")
+    learner_seed = settings.pop("seed", seed)
+    if learner_seed != seed:
+        raise ValueError(f"{benchmark}: learner.seed={learner_seed!r} differs from seed={seed!r}; the benchmark "
+                         "seeds its model, data and learner from `seed` (leave learner.seed=${{seed}})")
+    for key in ("journal", "log"):
+        settings.pop(key, None)
+    return update, settings.pop("neuron_fraction", None), settings
+
+
+def scalars_series_summary(result: dict[str, Any], scalars: tuple[str, ...]) -> dict[str, Any]:
+    """The benchmark contract's metrics dict from a ``run_*`` result: the ``scalars`` keys flat
+    (None -> nan; what ``synclearn report`` tabulates), ``benchmark`` and ``method`` flat as
+    strings, everything else under ``series`` (the settings used under ``series["settings"]``)."""
+    out: dict[str, Any] = {k: result[k] for k in ("benchmark", "method") if k in result}
+    out.update({k: float("nan") if result.get(k) is None else result[k] for k in scalars})
+    series: dict[str, Any] = {"settings": {}}
+    for key, value in result.items():
+        if key in out:
+            continue
+        if isinstance(value, (list, dict, tuple)):
+            series[key] = value
+        else:
+            series["settings"][key] = value
+    out["series"] = series
+    return out
+
+
+# The flat metrics of the Hydra benchmark (the rest goes under ``series``).
+SCALARS = ("acc", "bwt", "forgetting", "fwt", "lr", "steps", "skipped_steps", "seconds")
+
+
+def run(
+    out_dir: str | Path,
+    *,
+    learner: dict[str, Any],
+    memory: Any,
+    seed: int = 0,
+    progress: bool = False,
+    setting: str = "class",
+    buffer_size: int = 200,
+    epochs: int = 5,
+    batch_size: int = 32,
+    d_model: int = 64,
+    d_ff: int = 256,
+    n_layers: int = 2,
+) -> dict[str, Any]:
+    """Split-digits as a Hydra benchmark (``conf/benchmark/split_digits.yaml``).
+
+    It builds its own model (``run.builds_model``): :func:`~synclearn.eval.experiment.run_experiment`
+    passes the ``learner`` group's settings (the Learner arguments; ``lr: null`` = the tuned
+    ``DEFAULT_LR`` of the method) and the ``memory`` group instead of a model and a learner.
+    The method follows from ``learner.update`` and the memory group (:func:`hydra_method`);
+    consolidation is ``memory.consolidation`` (its policy, lock fraction, EWC strength, decay)
+    applied at every task boundary (``memory.consolidate_every`` and ``memory.batch_size`` do
+    not apply: the benchmark's own ``batch_size`` and task boundaries do). The replay group
+    does not apply either: the buffer is a reservoir.
+
+    Returns the benchmark contract's metrics: flat scalars (``acc``, ``bwt``, ``forgetting``,
+    ``fwt``, ``lr``, ``steps``, ``seconds``, ...; strings ``method``, ``setting``), ``series``
+    (``R``, ``baseline``, ``forgetting_curve``, ...) and ``summary`` lines; the R heatmap and
+    the per-method JSON are written into ``out_dir``.
+    """
+    del progress  # seconds per run: no progress bar
+    update, neuron_fraction, learner_kw = split_learner_settings(learner, seed, "split-digits")
+    method = hydra_method(update, memory, "split-digits")
+    result = run_split_digits(method, setting, seed=seed, buffer_size=buffer_size, epochs=epochs,
+                              batch_size=batch_size, neuron_fraction=0.05 if neuron_fraction is None else neuron_fraction,
+                              d_model=d_model, d_ff=d_ff, n_layers=n_layers, out_dir=out_dir,
+                              consolidation=memory.consolidation, **learner_kw)
+    out = scalars_series_summary(result, SCALARS)
+    out["summary"] = [
+        (f"split-digits {setting}-IL, {method} (update={update}, lr={result['lr']:.3g}, "
+        f"{f'replay buffer {buffer_size}' if result['uses_buffer'] else 'no replay'}, "
+        f"consolidation={result['consolidation'] or 'none'}): {result['steps']} steps in {result['seconds']:.1f}s"),
+        _metrics_line(out),
+        "R (rows: after task i; columns: accuracy on task j): "
+        + " | ".join(" ".join(f"{v:.2f}" for v in row) for row in result["R"]),
+        f"plot: {result['files']['png']}",
+    ]
+    return out
+
+
+run.builds_model = True  # type: ignore[attr-defined]
+
+
+def _metrics_line(out: dict[str, Any]) -> str:
+    def pts(key: str, sign: str = "") -> str:
+        v = out.get(key, float("nan"))
+        return "n/a" if not isinstance(v, (int, float)) or not math.isfinite(v) else f"{100 * v:{sign}.1f} pts"
+
+    return (f"ACC {out['acc']:.3f}, BWT {pts('bwt', '+')}, forgetting {pts('forgetting')}, "
+            f"FWT {pts('fwt', '+')}")
 
 
 def _write_outputs(result: dict[str, Any], out_dir: Path, stem: str) -> None:

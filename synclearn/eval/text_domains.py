@@ -26,9 +26,16 @@ Each domain's text is cut into segments of at most ``segment_bytes`` bytes (whol
 packed together); a seeded share of them is held out for testing. Methods are the ones of
 :mod:`synclearn.eval.split_digits` (``METHODS``): naive sparse, replay, consolidation (lock),
 LoRA and full, with or without replay; the replay buffer holds training segments (reservoir).
+LoRA/full consolidation is EWC (``EWC_METHODS``, e.g. lora+replay+ewc: the Fisher is estimated
+on each domain's training segments at its end; untuned learning rate, that of the method
+without ``+ewc``).
 
     result = run_text_domains("replay", steps_per_domain=100, out_dir=Path("out"))
     result["acc"], result["R"], result["R_nll"]
+
+From Hydra, :func:`run` is the benchmark (``synclearn run experiment=text_domains``; the
+method follows from the ``learner`` and ``memory`` groups, see
+:func:`~synclearn.eval.split_digits.hydra_method`).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +52,20 @@ import numpy as np
 import torch
 
 from synclearn.eval import metrics
-from synclearn.eval.split_digits import METHODS, ReservoirBuffer, method_spec
+from synclearn.eval.split_digits import (
+    EWC_METHODS,
+    METHODS,
+    SCALARS,
+    ReservoirBuffer,
+    default_lr,
+    hydra_method,
+    method_spec,
+    scalars_series_summary,
+    split_learner_settings,
+)
 
-__all__ = ["BUILTIN_DOMAINS", "DEFAULT_DOMAINS", "DEFAULT_LR", "METHODS", "domain_segments", "evaluate_domains", "load_domains",
-           "run_text_domains", "segment_text", "warm_up"]
+__all__ = ["BUILTIN_DOMAINS", "DEFAULT_DOMAINS", "DEFAULT_LR", "EWC_METHODS", "METHODS", "domain_segments",
+           "evaluate_domains", "load_domains", "run", "run_text_domains", "segment_text", "warm_up"]
 
 BUILTIN_DOMAINS = ("prose", "arithmetic", "code", "chat")
 DEFAULT_DOMAINS = ("arithmetic", "code", "chat")  # the stream; "prose" is the default warm-up
@@ -212,13 +229,14 @@ def run_text_domains(
     warmup_steps: int = 200,
     warmup_lr: float = 3e-3,
     out_dir: str | Path | None = None,
+    consolidation: Callable[[Any], Any] | None = None,
     **learner_kw: Any,
 ) -> dict[str, Any]:
     """Learn the domains in order with ``method``; test every domain after each one.
 
     Args:
         method: one of ``METHODS`` (naive, replay, consolidation, lora, lora+replay, full,
-            full+replay; see :mod:`synclearn.eval.split_digits`).
+            full+replay; see :mod:`synclearn.eval.split_digits`) or ``EWC_METHODS``.
         seed: seeds the model's initialization, generated text, the held-out split, batch
             order, the replay buffer and neuron selection; same seed, same result.
         domains: built-in names (``BUILTIN_DOMAINS``) and/or text file paths, in learning
@@ -236,8 +254,11 @@ def run_text_domains(
             domains' training segments; 0 = no warm-up.
         out_dir: if given, ``text_domains_<method>_s<seed>.json`` and ``.png`` (heatmap of R)
             are written there.
-        **learner_kw: more :class:`~synclearn.learn.Learner` arguments (``lr`` defaults to
-            ``DEFAULT_LR[method]``).
+        consolidation: for consolidating methods, a callable ``learner -> Consolidation``
+            used instead of the default (lock ``lock_fraction`` for sparse, EWC for LoRA/full),
+            applied at every domain boundary.
+        **learner_kw: more :class:`~synclearn.learn.Learner` arguments (``lr``, when absent
+            or None, defaults to ``DEFAULT_LR[method]``).
 
     Returns:
         JSON-ready dict: ``acc``, ``bwt``, ``forgetting``, ``fwt`` (from next-byte accuracy;
@@ -274,9 +295,15 @@ def run_text_domains(
         warm_up(model, [s for _, train, _ in warm for s in train], warmup_steps, lr=warmup_lr,
                 batch_size=batch_size, seed=seed)
     warm_before = evaluate_domains(model, warm_tests) if warm else None
-    learner_kw.setdefault("lr", DEFAULT_LR[method])
+    if learner_kw.get("lr") is None:
+        learner_kw["lr"] = default_lr(DEFAULT_LR, method)
     learner = Learner(model, update=spec.update, neuron_fraction=neuron_fraction, seed=seed, **learner_kw)
-    consolidation = Consolidation(learner, "lock", fraction=lock_fraction) if spec.consolidate else None
+    if not spec.consolidate:
+        consolidation = None
+    elif consolidation is not None:
+        consolidation = consolidation(learner)
+    else:
+        consolidation = Consolidation(learner, "lock" if spec.update == "sparse" else "ewc", fraction=lock_fraction)
     rng = np.random.default_rng(seed)
     buffer = ReservoirBuffer(buffer_size if spec.replay else 0, rng)
     pool: list[str] = []  # every training segment seen so far; the buffer holds indices into it
@@ -299,6 +326,9 @@ def run_text_domains(
             if first_pass:  # the stream offers each segment to the buffer once
                 buffer.add(new)
         if consolidation is not None:
+            if consolidation.policy == "ewc":  # Fisher of this domain's loss, then anchor here
+                for start in range(0, len(train), batch_size):
+                    consolidation.observe(train[start : start + batch_size])
             consolidation.consolidate()
         seconds += time.perf_counter() - t0
         acc, nll = evaluate_domains(model, tests)
@@ -314,7 +344,9 @@ def run_text_domains(
         "update": spec.update, "uses_buffer": spec.replay, "buffer_size": buffer_size if spec.replay else 0,
         "steps_per_domain": steps_per_domain, "batch_size": batch_size, "lr": learner.lr,
         "neuron_fraction": neuron_fraction if spec.update == "sparse" else None,
-        "lock_fraction": lock_fraction if spec.consolidate else None,
+        "lock_fraction": consolidation.fraction if consolidation is not None and consolidation.policy == "lock"
+        else None,
+        "consolidation": consolidation.policy if consolidation is not None else None,
         **{k: _finite_or_none(v) for k, v in summary.items()},
         "nll": float(R_nll[-1].mean()),
         "nll_bwt": _finite_or_none(float(np.mean(R_nll[-1, :-1] - np.diag(R_nll)[:-1])) if T > 1 else math.nan),
@@ -333,6 +365,79 @@ def run_text_domains(
     if out_dir is not None:
         _write_outputs(result, Path(out_dir), f"text_domains_{method.replace('+', '-')}_s{seed}")
     return result
+
+
+def run(
+    out_dir: str | Path,
+    *,
+    learner: dict[str, Any],
+    memory: Any,
+    seed: int = 0,
+    progress: bool = False,
+    domains: Sequence[str] | None = None,
+    steps_per_domain: int = 100,
+    batch_size: int = 8,
+    buffer_size: int = 64,
+    segment_bytes: int = 128,
+    model: str = "mcsd-tiny",
+    model_overrides: dict[str, Any] | None = None,
+    warmup: Sequence[str] | None = ("prose",),
+    warmup_steps: int = 200,
+    warmup_lr: float = 3e-3,
+) -> dict[str, Any]:
+    """Text domains as a Hydra benchmark (``conf/benchmark/text_domains.yaml``).
+
+    It builds its own model (``run.builds_model``): ``model`` is a named size (freshly
+    initialized from ``seed``, ``model_overrides`` changing MCSDConfig fields) warmed up on
+    ``warmup``; :func:`~synclearn.eval.experiment.run_experiment` passes the ``learner``
+    group's settings (``lr: null`` = the tuned ``DEFAULT_LR``) and the ``memory`` group. The
+    method follows from them as in :func:`~synclearn.eval.split_digits.hydra_method`;
+    consolidation is ``memory.consolidation`` applied at every domain boundary (lock for
+    sparse, EWC for LoRA/full with ``policy: auto``). ``memory.batch_size``,
+    ``memory.consolidate_every`` and the replay group do not apply (the benchmark's
+    ``batch_size``, domain boundaries and reservoir buffer do).
+
+    Returns the benchmark contract's metrics: flat scalars (``acc``, ``bwt``, ``forgetting``,
+    ``fwt`` from next-byte accuracy, ``nll``, ``nll_bwt``, ``warmup_acc_after``, ...),
+    ``series`` (``R``, ``R_nll``, baselines, ...) and ``summary`` lines; the R heatmap and the
+    per-method JSON are written into ``out_dir``.
+    """
+    del progress
+    from synclearn.model import named_config
+
+    update, neuron_fraction, learner_kw = split_learner_settings(learner, seed, "text-domains")
+    method = hydra_method(update, memory, "text-domains")
+    config: Any = model
+    if model_overrides:
+        config = named_config(model, **dict(model_overrides))
+    result = run_text_domains(method, seed=seed, domains=None if domains is None else list(domains),
+                              steps_per_domain=steps_per_domain, batch_size=batch_size, buffer_size=buffer_size,
+                              neuron_fraction=0.05 if neuron_fraction is None else neuron_fraction,
+                              segment_bytes=segment_bytes, model=config,
+                              warmup=None if warmup is None else list(warmup), warmup_steps=warmup_steps,
+                              warmup_lr=warmup_lr, out_dir=out_dir, consolidation=memory.consolidation, **learner_kw)
+    out = scalars_series_summary(result, (*SCALARS, "nll", "nll_bwt"))
+    warm = result["warmup"]
+    if warm:
+        out["warmup_acc_before"] = float(np.mean(warm["acc_before"]))
+        out["warmup_acc_after"] = float(np.mean(warm["acc_after"]))
+    bwt, forgetting, fwt = (f"{100 * out[k]:+.1f} pts" if math.isfinite(out[k]) else "n/a"
+                            for k in ("bwt", "forgetting", "fwt"))
+    out["summary"] = [
+        (f"text-domains {' -> '.join(result['domains'])}, {method} (update={update}, lr={result['lr']:.3g}, "
+        f"{f'replay buffer {buffer_size}' if result['uses_buffer'] else 'no replay'}, "
+        f"consolidation={result['consolidation'] or 'none'}): {result['steps']} steps in {result['seconds']:.1f}s"),
+        f"next-byte ACC {out['acc']:.3f}, BWT {bwt}, forgetting {forgetting}, FWT {fwt}; final NLL "
+        f"{out['nll']:.3f} nats/token" + (f"; warm-up accuracy {out['warmup_acc_before']:.3f} -> "
+                                          f"{out['warmup_acc_after']:.3f}" if warm else ""),
+        "R (rows: after domain i; columns: next-byte accuracy on domain j): "
+        + " | ".join(" ".join(f"{v:.3f}" for v in row) for row in result["R"]),
+        f"plot: {result['files']['png']}",
+    ]
+    return out
+
+
+run.builds_model = True  # type: ignore[attr-defined]
 
 
 def _write_outputs(result: dict[str, Any], out_dir: Path, stem: str) -> None:

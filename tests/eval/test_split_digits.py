@@ -8,14 +8,19 @@ import pytest
 import torch
 
 from synclearn.eval.split_digits import (
+    DEFAULT_LR,
+    EWC_METHODS,
     METHODS,
     TASKS,
     ReservoirBuffer,
+    default_lr,
     load_split_digits,
+    method_spec,
     run_split_digits,
     task_mask,
 )
 from synclearn.learn.batch import LabelBatch
+from synclearn.memory import Consolidation
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +112,17 @@ def test_every_method_and_setting_is_accepted_and_bad_values_are_named():
         run_split_digits("naive", "domain")
     with pytest.raises(ValueError, match="epochs=0.*buffer_size=-2"):
         run_split_digits("naive", epochs=0, buffer_size=-2)
+
+
+def test_ewc_methods_anchor_lora_and_full_at_task_boundaries():
+    """LoRA/full have no neurons to lock: their consolidation is Consolidation("ewc"), the
+    Fisher estimated on each task's training examples, with the replay variant's lr."""
+    assert set(EWC_METHODS) == {"lora+ewc", "lora+replay+ewc", "full+ewc", "full+replay+ewc"}
+    assert method_spec("full+replay+ewc").consolidate and default_lr(DEFAULT_LR["class"], "full+ewc") == 1e-4
+    plain = run_split_digits("full", "class", seed=0, epochs=1, lr=1e-3)
+    ewc = run_split_digits("full+ewc", "class", seed=0, epochs=1, lr=1e-3,
+                           consolidation=lambda learner: Consolidation(learner, "ewc", strength=100.0))
+    assert ewc["consolidation"] == "ewc" and ewc["lock_fraction"] is None and ewc["lr"] == 1e-3
+    assert ewc["R"][0] == plain["R"][0]  # the penalty acts only after the first boundary
+    assert ewc["forgetting"] < plain["forgetting"] - 0.1  # the anchor keeps the old tasks
+    assert run_split_digits("lora+ewc", "task", seed=0, epochs=1)["lr"] == DEFAULT_LR["task"]["lora"]

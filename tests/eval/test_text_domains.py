@@ -94,3 +94,9 @@ def test_bad_settings_are_named():
         run_text_domains("naive", steps_per_domain=0)
     with pytest.raises(ValueError, match="warmup_steps=5 needs warmup domains"):
         run_text_domains("naive", warmup=None, warmup_steps=5)
+
+
+def test_ewc_method_consolidates_lora_at_domain_boundaries():
+    r = run_text_domains("lora+replay+ewc", seed=0, domains=["arithmetic", "code"], lr=None, **TINY)
+    assert r["consolidation"] == "ewc" and r["lr"] == 1e-2 and r["steps"] == 6  # lora+replay's tuned rate
+    assert np.asarray(r["R"]).shape == (2, 2)
