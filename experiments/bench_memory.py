@@ -55,6 +55,8 @@ def child(model_name: str, family: str, steps: int, batch: int, fraction: float,
         with torch.inference_mode():
             for _ in range(steps):
                 model(b.inputs)
+        if b.inputs.is_cuda:
+            torch.cuda.synchronize()  # time the kernels, not their launches
         s = (time.perf_counter() - t0) / steps
         return gpu({**base, "peak_rss_mb": peak_rss_mb(), "s_per_step": s, "tokens_per_s": tokens / s})
     learner = Learner(model, update=family, neuron_fraction=fraction)

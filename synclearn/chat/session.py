@@ -19,6 +19,7 @@ and any tokenizer's output stops at a NUL character.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -83,6 +84,7 @@ class ChatSession:
         self._busy = 0
         self._idle = threading.Condition()
         self._listeners: list = []  # called with each new interaction id (the attached learner)
+        self._cuda_stream: Any = None
 
     # -- load signals for the learner's governor -------------------------------------------------
     def add_listener(self, fn: Any) -> None:
@@ -113,19 +115,30 @@ class ChatSession:
             self._idle.notify_all()
 
     # -- guarded model calls -------------------------------------------------------------------
+    def _serving(self):
+        """On CUDA, the model calls run on a high-priority stream of this session's (an attached
+        learner runs on a low-priority one), so the GPU schedules serving kernels first."""
+        device = self.model.device
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        if self._cuda_stream is None:
+            # lower numbers run first; out-of-range values map to the highest priority there is
+            self._cuda_stream = torch.cuda.Stream(device=device, priority=-100)
+        return torch.cuda.stream(self._cuda_stream)
+
     def _sync(self) -> None:
         if self.model.device.type == "cuda":  # kernels must finish before the lock is released
             torch.cuda.current_stream().synchronize()
 
     def _prefill(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        with self.guard.read() as version:
+        with self.guard.read() as version, self._serving():
             out = self.model.prefill(ids, state)
             self._sync()
         self._versions.append(version)
         return out
 
     def _step(self, ids_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        with self.guard.read() as version:
+        with self.guard.read() as version, self._serving():
             out = self.model.step(ids_t, state)
             self._sync()
         self._versions.append(version)

@@ -165,6 +165,7 @@ class LearnerHandle:
         try:
             with neuron_context(pause=pause):
                 if device.type == "cuda":
+                    # priority 0 is CUDA's lowest; the session serves on the highest
                     with torch.cuda.stream(torch.cuda.Stream(device=device, priority=0)):
                         self._loop()
                 else:

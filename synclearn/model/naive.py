@@ -64,9 +64,9 @@ def naive_mixer(mixer, x: Tensor, slope_state: Tensor | None = None, decay_state
     B, T, D = x.shape
     C = mixer.n_channels
     u, v, f, e = mixer.in_proj(x).chunk(4, dim=-1)
-    v_avg = naive_slope_average(v.view(B, T, C, -1), mixer.slope, slope_state, pos)
+    v_avg = naive_slope_average(v.view(B, T, C, -1), mixer.slope.to(x.device), slope_state, pos)
     out_s = F.silu(v_avg.reshape(B, T, D)) * u
-    e_past, _ = naive_decay_scan(e.view(B, T, C, -1), torch.log(mixer.decay), decay_state)
+    e_past, _ = naive_decay_scan(e.view(B, T, C, -1), torch.log(mixer.decay).to(x.device), decay_state)
     e_norm = e_past * torch.rsqrt(e_past.pow(2).mean(-1, keepdim=True) + mixer.eps) * mixer.e_norm_weight
     out_d = e_norm.reshape(B, T, D) * torch.sigmoid(f)
     return mixer.out_proj(torch.cat([out_s, out_d], dim=-1))

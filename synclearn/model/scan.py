@@ -44,6 +44,11 @@ def chunk_decay_scan(
         y: [B, T, C, Dc] with y_n = s_n (strictly-past weighted sums).
         final: [B, C, Dc] the state s_T after the last token.
     """
+    if torch.is_autocast_enabled(x.device.type):
+        # autocast would run the einsums below in bf16/fp16 whatever the inputs' dtype: the
+        # sums over thousands of decayed terms need at least fp32 (out_dtype stays the input's)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return chunk_decay_scan(x, log_decay, state, chunk_size)
     B, T, C, Dc = x.shape
     if T < 1:
         raise ValueError("chunk_decay_scan needs at least one token (T >= 1)")

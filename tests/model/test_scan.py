@@ -78,6 +78,17 @@ def test_bf16_input_is_scanned_in_float32():
     torch.testing.assert_close(y16.float(), y32, rtol=0.05, atol=0.1)
 
 
+def test_autocast_does_not_lower_the_scan_precision():
+    """Under autocast (Fabric's bf16-mixed) the einsums would run in bf16; the scan opts out."""
+    x = torch.randn(2, 256, C, DC) * 5
+    ref = chunk_decay_scan(x, LOG_DECAY.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunk_decay_scan(x, LOG_DECAY.float())
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+
+
 def test_empty_sequence_is_an_error():
     with pytest.raises(ValueError, match="T >= 1"):
         chunk_decay_scan(torch.zeros(1, 0, C, DC), LOG_DECAY)
