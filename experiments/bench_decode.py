@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import os
 import platform
@@ -85,11 +86,16 @@ class LlamaSide(MCSDSide):
     label = "Transformer"
     def prefill(self, ids):
         cache = DynamicCache(config=self.model.config)
-        out = self.model(ids, cache=cache, use_cache=True)
+        out = self.model(ids, **{self.cache_arg: cache}, use_cache=True)
         return out.logits[:, -1], cache
 
     def step(self, tok, cache):
-        return self.model(tok[:, None], cache=cache, use_cache=True).logits[:, -1], cache
+        return self.model(tok[:, None], **{self.cache_arg: cache}, use_cache=True).logits[:, -1], cache
+
+    @property
+    def cache_arg(self) -> str:
+        """transformers 5.x renamed ``past_key_values`` to ``cache`` (see synclearn.model.hf)."""
+        return "cache" if "cache" in inspect.signature(type(self.model).forward).parameters else "past_key_values"
 
     def state_bytes(self, cache) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)

@@ -23,6 +23,11 @@ class LearnerInputError(ValueError):
     """An example is malformed; nothing was learned from the batch."""
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 when it already is (losses of a float64 model stay float64)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 @dataclass
 class Batch:
     """A language-modelling batch. Shapes: inputs/targets/mask [B, T]; weights [B].
@@ -74,7 +79,7 @@ class LabelBatch:
         return len(self.labels)
 
     def loss(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        logits = logits.float()
+        logits = at_least_float32(logits)
         if self.allowed is not None:
             logits = logits.masked_fill(~self.allowed.to(logits.device), float("-inf"))
         ce = torch.nn.functional.cross_entropy(logits, self.labels, reduction="none")  # [B]
@@ -150,7 +155,7 @@ def masked_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     Returns:
         (scalar loss with grad, [B] detached per-example mean loss over its response tokens).
     """
-    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), batch.targets, reduction="none")  # [B, T]
+    ce = torch.nn.functional.cross_entropy(at_least_float32(logits).transpose(1, 2), batch.targets, reduction="none")  # [B, T]
     per_token = batch.mask * batch.weights[:, None]
     denom = (batch.mask * batch.weights.abs()[:, None]).sum()  # negative weights: unlearning
     if denom <= 0:

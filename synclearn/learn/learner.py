@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from synclearn.learn.batch import Batch, build_batch
+from synclearn.learn.batch import Batch, at_least_float32, build_batch
 from synclearn.learn.guard import guard_for
 from synclearn.learn.optim import RowSparseAdamW
 from synclearn.learn.select import SELECTORS
@@ -305,7 +305,7 @@ class Learner:
         return StepResult(value, self.guard.version, skipped=True, reason=reason, grad_norm=grad_norm), None
 
     def _clip(self, grads: list[Tensor]) -> tuple[list[Tensor], float]:
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(at_least_float32(g)) for g in grads])))
         if self.clip_norm and norm > self.clip_norm:
             scale = self.clip_norm / (norm + 1e-6)
             grads = [g * scale for g in grads]
