@@ -4,6 +4,7 @@
 #   bash experiments/gpu_check.sh              # on the CUDA machine (run from the repo root)
 #   bash experiments/gpu_check.sh --cpu-smoke  # anywhere: same steps on CPU with tiny settings (< 3 min)
 #                                              # (or GPU_CHECK_CPU_SMOKE=1)
+#   GPU_CHECK_ONLY="gpu_tests bench_decode" bash experiments/gpu_check.sh   # a rerun of some steps
 #
 # Needs the pure-Python wheels in .whl/ (sqlite-utils and its small deps, pytest-timeout); they are
 # installed into /tmp/site, and synclearn is used from this source tree (PYTHONPATH), nothing else
@@ -33,6 +34,9 @@ stamp() { echo; echo "=== [$(date +%H:%M:%S) +${SECONDS}s] $*"; }
 # step NAME LIMIT_S CMD...: runs CMD under timeout (capped by what is left of the budget), logs rc
 step() {
     local name="$1" limit="$2"; shift 2
+    if [[ -n "${GPU_CHECK_ONLY:-}" && " $GPU_CHECK_ONLY warmup " != *" $name "* ]]; then
+        SUMMARY+=("$name: not selected (GPU_CHECK_ONLY)"); return 0
+    fi
     local left=$((BUDGET - SECONDS))
     if ((left < 20)); then
         stamp "SKIP $name (budget of ${BUDGET}s spent)"; SUMMARY+=("$name: skipped (budget)"); return 0
