@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--learn-threads", type=int, default=1)
     ap.add_argument("--fraction", type=float, default=0.05)
     ap.add_argument("--no-yield", action="store_true", help="learner steps do not pause for requests in flight")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="the learner never waits for idleness (idle_only=False): on CUDA the stream priorities "
+                         "alone put serving first")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the learner runs on its own stream)")
     ap.add_argument("--dtype", default="float32", help="model weights: float32, bfloat16, ...")
     ap.add_argument("--out", default="experiments/out/bench_serve_learn.json")
@@ -125,7 +128,8 @@ def main() -> None:
             handle = None
             if mode == "attached":  # learns from what is served, plus replay of the seed log's lessons
                 handle = learner.attach(session, learn_threads=args.learn_threads, idle_replay=True,
-                                        poll_s=0.01, max_defer_s=1.0, yield_to_serving=not args.no_yield)
+                                        poll_s=0.01, max_defer_s=1.0, yield_to_serving=not args.no_yield,
+                                        idle_only=not args.concurrent)
             lat, ttft, busy, n = serve_stream(session, prompts, rate, args.seconds, seed=int(load * 100),
                                               serve_threads=args.serve_threads)
             status = handle.detach() if handle else None
@@ -151,7 +155,8 @@ def main() -> None:
     print(f"\n{args.model} ({model.num_parameters() / 1e6:.1f}M, {args.dtype} on {args.device}), "
           f"{args.new_tokens} new tokens per request, "
           f"service time {service_s * 1e3:.0f} ms, serve threads {args.serve_threads}, learn threads {args.learn_threads}, "
-          f"learner {'does not yield' if args.no_yield else 'yields at layer boundaries'} to requests in flight")
+          f"learner {'does not yield' if args.no_yield else 'yields at layer boundaries'} to requests in flight"
+          f"{', runs concurrently (idle_only=False)' if args.concurrent else ''}")
     print(f"learner alone: {alone_rate_wall:.2f} steps/s ({alone['steps']} steps)\n")
     print_table(rows, ["load", "mode", "requests", "busy", "tok_p50_ms", "tok_p99_ms", "p50_ratio", "p99_ratio",
                        "ttft_p50_ms", "ttft_p99_ms", "learn_steps_s", "learn_vs_alone"])
