@@ -61,7 +61,10 @@ def snapshot(model):
 
 
 def assert_close_cpu(got, ref, tol, msg=""):
-    torch.testing.assert_close(got.detach().cpu().to(ref.dtype), ref.detach(), rtol=tol, atol=tol, msg=msg or None)
+    got, ref = got.detach().cpu().to(ref.dtype), ref.detach()
+    worst = float((got - ref).abs().max()) if got.shape == ref.shape and got.numel() else float("nan")
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol,
+                               msg=lambda default: f"{msg}: max |diff| {worst:.3e}\n{default}")
 
 
 def rel_err(got, ref):
@@ -522,7 +525,9 @@ def test_hf_llama_sparse_learning_on_device_matches_cpu(llama_dir, examples):
         assert abs(rd.loss - rc.loss) < 1e-8 * max(1.0, abs(rc.loss))
     wc, wd = snapshot(cpu_m), snapshot(dev_m)
     for name in wc:
-        assert_close_cpu(wd[name], wc[name], 1e-8, name)
+        # transformers computes the rotary embedding in float32 whatever the model's dtype, so the
+        # two devices differ at float32 rounding inside an otherwise float64 model
+        assert_close_cpu(wd[name], wc[name], 1e-6, name)
         if "layers.1.mlp" not in name:
             assert torch.equal(wd[name], dev_before[name]), name
 
