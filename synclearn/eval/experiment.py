@@ -54,8 +54,9 @@ class MemorySetup:
         consolidate_every: apply the consolidation policy every this many steps.
         fading: a :class:`~synclearn.memory.Fading` (faded records leave replay), or None.
         journal: keep a step journal (exact forgetting) in the output directory.
-        new_repeats: steps each new turn is trained in (each with fresh replay) before it
-            counts as learned; ``learned_loss`` ends that early once its loss is below it.
+        new_repeats: at most this many steps train each new turn (each with fresh replay)
+            before it counts as learned; ``learned_loss`` ends that early once its loss is below
+            it, ``min_gain`` once a step lowered its loss by less than this share.
     """
 
     replay_ratio: float = 0.5
@@ -66,6 +67,7 @@ class MemorySetup:
     journal: bool = False
     new_repeats: int = 1
     learned_loss: float | None = None
+    min_gain: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.replay_ratio <= 1 or self.batch_size < 1 or self.consolidate_every < 1 or self.new_repeats < 1:
@@ -87,7 +89,7 @@ class MemorySetup:
             raise RuntimeError("MemorySetup.bind(learner, policy) must run before attach_options()")
         return {"batch_size": self.batch_size, "replay_ratio": self.replay_ratio, "policy": self.policy,
                 "consolidation": self.consolidator, "consolidate_every": self.consolidate_every,
-                "new_repeats": self.new_repeats, "learned_loss": self.learned_loss}
+                "new_repeats": self.new_repeats, "learned_loss": self.learned_loss, "min_gain": self.min_gain}
 
     def builder(self, log: Any, seed: int = 0):
         """A :class:`~synclearn.memory.ReplayBatchBuilder` with these settings (for benchmarks
@@ -95,7 +97,8 @@ class MemorySetup:
         from synclearn.memory import ReplayBatchBuilder
 
         return ReplayBatchBuilder(log, self.policy, replay_ratio=self.replay_ratio, batch_size=self.batch_size,
-                                  seed=seed, new_repeats=self.new_repeats, learned_loss=self.learned_loss)
+                                  seed=seed, new_repeats=self.new_repeats, learned_loss=self.learned_loss,
+                                  min_gain=self.min_gain)
 
 
 @dataclass

@@ -50,7 +50,7 @@ class LearnerHandle:
         session: the ChatSession being served, or anything with its load-signal interface
             (``log``, ``busy``, ``wait_idle``, ``add_listener``, ``remove_listener``).
         log: the log to learn from (default: the session's, else the learner's).
-        batch_size, replay_ratio, policy, seed, new_repeats, learned_loss: the batch builder's
+        batch_size, replay_ratio, policy, seed, new_repeats, learned_loss, min_gain: the batch builder's
             settings (:class:`~synclearn.memory.ReplayBatchBuilder`; ``new_repeats`` > 1 trains
             each new turn in that many steps, each with fresh replay).
         learn_threads: intra-op threads of the learner thread on CPU.
@@ -68,7 +68,8 @@ class LearnerHandle:
 
     def __init__(self, learner: Any, session: Any, *, log: Any = None, batch_size: int = 4, replay_ratio: float = 0.5,
                  policy: Any = uniform, seed: int | None = None, new_repeats: int = 1,
-                 learned_loss: float | None = None, learn_threads: int = 1, idle_only: bool = True,
+                 learned_loss: float | None = None, min_gain: float | None = None, learn_threads: int = 1,
+                 idle_only: bool = True,
                  max_defer_s: float = 2.0, idle_replay: bool = False, poll_s: float = 0.5,
                  on_error: str = "continue", max_steps: int | None = None, consolidation: Any = None,
                  consolidate_every: int = 50, yield_to_serving: bool = True,
@@ -87,7 +88,7 @@ class LearnerHandle:
         self.learner, self.session, self.log = learner, session, log
         self.builder = ReplayBatchBuilder(log, policy, replay_ratio=replay_ratio, batch_size=batch_size,
                                           seed=learner.seed if seed is None else seed, new_repeats=new_repeats,
-                                          learned_loss=learned_loss)
+                                          learned_loss=learned_loss, min_gain=min_gain)
         self.learn_threads, self.idle_only, self.max_defer_s = learn_threads, idle_only, max_defer_s
         self.idle_replay, self.poll_s, self.on_error, self.max_steps = idle_replay, poll_s, on_error, max_steps
         self.consolidation, self.consolidate_every = consolidation, max(1, consolidate_every)

@@ -31,6 +31,7 @@ exactly what ``Learner.step(examples)`` takes: ``[{"id", "prompt", "response"}]`
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -289,9 +290,11 @@ class ReplayBatchBuilder:
     so a failed ``Learner.step`` can simply be retried.
 
     A new row stays new for up to ``new_repeats`` committed batches (each with a fresh
-    replay draw) and is marked learned after the last, or as soon as its recorded loss
-    falls below ``learned_loss``: a correction is rehearsed until it has been taken in, as a
-    person repeats a new name a few times, not once.
+    replay draw) and is marked learned after the last, as soon as its recorded loss falls
+    below ``learned_loss``, or once a step lowered its loss by less than ``min_gain`` (a share
+    of the previous loss: the row has stopped improving): a lesson is rehearsed until it has
+    been taken in, as a person repeats a new name a few times, and what cannot be learned
+    quickly does not hold up the rest.
 
     Args:
         log: The interaction log.
@@ -304,6 +307,8 @@ class ReplayBatchBuilder:
         new_repeats: Batches each new row is trained in before it counts as learned.
         learned_loss: A new row counts as learned early once its loss (as recorded by
             ``commit``, measured before that step's update) is below this (None: never early).
+        min_gain: A new row also counts as learned once its loss fell by less than this share
+            since its previous batch (None: no plateau rule).
     """
 
     def __init__(
@@ -317,6 +322,7 @@ class ReplayBatchBuilder:
         use_corrections: bool = True,
         new_repeats: int = 1,
         learned_loss: float | None = None,
+        min_gain: float | None = None,
     ) -> None:
         if not 0.0 <= replay_ratio <= 1.0:
             raise ValueError(f"replay_ratio must be in [0, 1], got {replay_ratio!r}")
@@ -326,8 +332,10 @@ class ReplayBatchBuilder:
             raise ValueError(f"new_repeats must be a positive int, got {new_repeats!r}")
         if learned_loss is not None and not learned_loss > 0:
             raise ValueError(f"learned_loss must be > 0 or None, got {learned_loss!r}")
-        self.new_repeats, self.learned_loss = new_repeats, learned_loss
-        self._repeats: dict[int, int] = {}  # new row id -> batches it was trained in so far
+        if min_gain is not None and not 0 < min_gain < 1:
+            raise ValueError(f"min_gain must be in (0, 1) or None, got {min_gain!r}")
+        self.new_repeats, self.learned_loss, self.min_gain = new_repeats, learned_loss, min_gain
+        self._repeats: dict[int, tuple[int, float]] = {}  # new row id -> (batches so far, last loss)
         self.log, self.policy = log, policy
         self.replay_ratio, self.batch_size, self.seed = float(replay_ratio), batch_size, int(seed)
         self.use_corrections = use_corrections
@@ -371,12 +379,14 @@ class ReplayBatchBuilder:
             self.log.record_loss(ids, losses, now=now)
         done = []
         for k, rid in enumerate(new_ids):
-            count = self._repeats.pop(rid, 0) + 1
-            early = losses is not None and self.learned_loss is not None and losses[k] < self.learned_loss
-            if count >= self.new_repeats or early:
+            count, last = self._repeats.pop(rid, (0, math.inf))
+            loss = float(losses[k]) if losses is not None else math.nan
+            learned = loss < self.learned_loss if self.learned_loss is not None else False
+            stalled = self.min_gain is not None and loss > last * (1.0 - self.min_gain)
+            if count + 1 >= self.new_repeats or learned or stalled:
                 done.append(rid)
             else:
-                self._repeats[rid] = count
+                self._repeats[rid] = (count + 1, loss)
         self.log.mark_learned(done, now=now)
         self.log.mark_replayed(replay_ids, now=now)
         self._pending = None

@@ -250,6 +250,21 @@ def test_new_rows_are_rehearsed_until_repeated_or_below_the_loss(tmp_path):
         assert builder.next_batch(now=21.0) and ids[7] not in builder._repeats
 
 
+def test_a_new_row_whose_loss_stopped_falling_is_learned(tmp_path):
+    with InteractionLog(tmp_path / "log.db") as log:
+        ids = _fill(log, 4, learned=2)
+        builder = ReplayBatchBuilder(log, uniform, replay_ratio=0.5, batch_size=4, new_repeats=10, min_gain=0.2)
+        # row 2 keeps improving (1.0 -> 0.5 -> 0.3); row 3 stalls at its second repeat (1.0 -> 0.9)
+        for step, (a, b) in enumerate([(1.0, 1.0), (0.5, 0.9), (0.3, 0.8)]):
+            batch = builder.next_batch(now=10.0 + step)
+            new = [ids[2], ids[3]] if step < 2 else [ids[2]]
+            assert [e["id"] for e in batch[: len(new)]] == new
+            builder.commit(batch, losses=[a, b, 1.0, 1.0][: len(batch)], now=10.0 + step)
+            if step == 1:
+                assert log.ids(learned=False) == [ids[2]]
+        assert log.ids(learned=False) == [ids[2]] and builder._repeats[ids[2]] == (3, 0.3)
+
+
 def test_builder_rejects_bad_settings(tmp_path):
     with InteractionLog(tmp_path / "log.db") as log:
         with pytest.raises(ValueError, match="replay_ratio"):
@@ -260,6 +275,8 @@ def test_builder_rejects_bad_settings(tmp_path):
             ReplayBatchBuilder(log, new_repeats=0)
         with pytest.raises(ValueError, match="learned_loss"):
             ReplayBatchBuilder(log, learned_loss=-1.0)
+        with pytest.raises(ValueError, match="min_gain"):
+            ReplayBatchBuilder(log, min_gain=1.5)
 
 
 def _assert_same(a: Candidates, b: Candidates) -> None:
