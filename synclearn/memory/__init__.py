@@ -33,6 +33,7 @@ from synclearn.memory.replay import (
     ReplayBatchBuilder,
     Reservoir,
     RetentionAware,
+    Spaced,
     uniform,
     weighted_sample,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "RecencyWeighted",
     "LossPrioritized",
     "RetentionAware",
+    "Spaced",
     "weighted_sample",
     "ReplayBatchBuilder",
     "StepJournal",

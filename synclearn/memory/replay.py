@@ -24,6 +24,8 @@ draw picking a remaining row with probability proportional to its weight):
   loss is unknown get the largest known loss (so they are tried soon).
 * ``RetentionAware(power)``: weight ``(1 - retention) ** power``, retention from
   the stored strength (``log.retention``): replay what has faded most.
+* ``Spaced(interval_s, power)``: weight ``(elapsed / (interval_s * 2 ** replay_count)) ** power``:
+  spaced repetition, every replay doubling the wait before the next.
 
 ``ReplayBatchBuilder`` mixes not-yet-learned rows with replayed ones and returns
 exactly what ``Learner.step(examples)`` takes: ``[{"id", "prompt", "response"}]``.
@@ -210,6 +212,33 @@ class RetentionAware:
     def weights(self, candidates: Candidates, now: float) -> np.ndarray:
         r = self.retention_fn(candidates.strength, now - candidates.rehearsed_at)
         return np.clip(1.0 - r, 0.0, 1.0) ** self.power
+
+    def __call__(self, candidates: Candidates, k: int, rng: np.random.Generator, now: float) -> list[int]:
+        w = self.weights(candidates, now)
+        if len(w) and not (w > 0).any():
+            return uniform(candidates, k, rng, now)
+        return weighted_sample(candidates.ids, w, k, rng)
+
+
+class Spaced:
+    """Spaced repetition (Leitner-style): a row is due ``interval_s * 2 ** replay_count`` seconds
+    after its last rehearsal; weight ``(elapsed / interval) ** power``, so a new row comes back
+    soon after it was learned, and every replay doubles the wait before the next one.
+
+    Unlike ``RetentionAware`` (whose stabilities are the log's, a day for a new row), the
+    schedule's scale is the policy's own ``interval_s``: seconds for a benchmark stream, hours
+    for a deployment.
+    """
+
+    def __init__(self, interval_s: float = 60.0, power: float = 1.0) -> None:
+        if not interval_s > 0 or not power > 0:
+            raise ValueError(f"need interval_s > 0 and power > 0, got interval_s={interval_s!r}, power={power!r}")
+        self.interval_s, self.power = float(interval_s), float(power)
+
+    def weights(self, candidates: Candidates, now: float) -> np.ndarray:
+        elapsed = np.maximum(now - candidates.rehearsed_at, 0.0)
+        due = elapsed / (self.interval_s * np.exp2(np.minimum(candidates.replay_count, 60)))
+        return due**self.power
 
     def __call__(self, candidates: Candidates, k: int, rng: np.random.Generator, now: float) -> list[int]:
         w = self.weights(candidates, now)

@@ -13,6 +13,7 @@ from synclearn.memory import (
     ReplayBatchBuilder,
     Reservoir,
     RetentionAware,
+    Spaced,
     retention,
     uniform,
     weighted_sample,
@@ -57,7 +58,7 @@ def _first_draw_counts(policy, cands: Candidates, draws: int, seed: int) -> np.n
 
 def test_every_policy_returns_k_distinct_candidate_ids_deterministically():
     cands = _candidates()
-    for policy in (uniform, Reservoir(5), RecencyWeighted(7200.0), LossPrioritized(), RetentionAware()):
+    for policy in (uniform, Reservoir(5), RecencyWeighted(7200.0), LossPrioritized(), RetentionAware(), Spaced()):
         for k in (0, 1, 3, 8, 20):
             ids = policy(cands, k, np.random.default_rng(7), NOW)
             assert len(ids) == len(set(ids)) == min(k, 5 if isinstance(policy, Reservoir) else 8)
@@ -91,6 +92,19 @@ def test_retention_aware_favours_what_has_faded():
     _assert_matches(_first_draw_counts(policy, cands, 16_000, seed=4), (1 - r) ** 2)
     fresh = Candidates.from_rows([dict(id=i, created_at=NOW, strength=10.0, last_rehearsed_at=NOW) for i in range(4)])
     _assert_matches(_first_draw_counts(policy, fresh, 8_000, seed=5), np.ones(4))  # all fresh -> uniform
+
+
+def test_spaced_repetition_doubles_the_wait_with_each_replay():
+    rows = [dict(id=i, created_at=NOW - 100.0, replay_count=c, strength=1.0, last_rehearsed_at=NOW - e)
+            for i, (c, e) in enumerate([(0, 0.0), (0, 30.0), (1, 30.0), (2, 30.0), (3, 90.0)])]
+    cands, policy = Candidates.from_rows(rows), Spaced(interval_s=10.0, power=1.5)
+    due = np.array([0.0, 3.0, 1.5, 0.75, 90.0 / 80.0])  # elapsed / (10 * 2 ** replay_count)
+    np.testing.assert_allclose(policy.weights(cands, NOW), due**1.5)
+    _assert_matches(_first_draw_counts(policy, cands, 16_000, seed=6), due**1.5)
+    fresh = Candidates.from_rows([dict(id=i, created_at=NOW, strength=1.0, last_rehearsed_at=NOW) for i in range(3)])
+    _assert_matches(_first_draw_counts(policy, fresh, 6_000, seed=7), np.ones(3))  # nothing due -> uniform
+    with pytest.raises(ValueError, match="interval_s"):
+        Spaced(interval_s=0.0)
 
 
 def test_weighted_sample_matches_successive_draws_exactly_defined():
@@ -215,7 +229,8 @@ def test_corrections_replace_the_response_when_asked(tmp_path):
         assert ReplayBatchBuilder(log, batch_size=2, use_corrections=False).next_batch()[0]["response"] == "Lyon"
 
 
-@pytest.mark.parametrize("policy", [uniform, Reservoir(8), RecencyWeighted(), LossPrioritized(), RetentionAware()])
+@pytest.mark.parametrize("policy", [uniform, Reservoir(8), RecencyWeighted(), LossPrioritized(), RetentionAware(),
+                                    Spaced()])
 def test_every_policy_drives_the_builder(tmp_path, policy):
     with InteractionLog(tmp_path / "log.db") as log:
         _fill(log, 30, learned=10)
