@@ -155,6 +155,8 @@ def _cell(g: dict[str, str], metric: str) -> str:
     def fmt(x: float) -> str:
         return f"{x:.0f}" if abs(m) >= 100 else f"{x:.3f}" if abs(m) >= 0.01 or x == 0 else f"{x:.1e}"
 
+    if math.isfinite(s) and s < 1e-9 * max(1.0, abs(m)):
+        s = 0.0  # a setting, equal in every run (float noise aside)
     return fmt(m) + (f" ± {fmt(s)}" if math.isfinite(s) else "")
 
 
