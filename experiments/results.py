@@ -98,7 +98,9 @@ def run_sweep(name: str, seeds: list[int], raw: Path, extra: list[str]) -> Path:
 def collect(name: str, raw: Path, dest: Path) -> None:
     """The report of ``raw/name`` and the representative run's plots, copied into ``dest``."""
     spec, src = SWEEPS[name], raw / name
-    report, paths = write_report(src, src / "report", metrics=[m for m in spec["metrics"] if _has(src, m)])
+    metrics = [m for m in spec["metrics"] if _has(src, m)]
+    plotted = [m for m in metrics if m.startswith(("recall_d", "acc", "bwt", "forgetting", "fwt"))]
+    report, paths = write_report(src, src / "report", metrics=metrics, plot_metrics=plotted)
     dest.mkdir(parents=True, exist_ok=True)
     for key, suffix in (("md", ".md"), ("csv", ".csv"), ("groups_csv", "_groups.csv"), ("png", ".png")):
         if key in paths:
@@ -287,12 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", type=Path, default=ROOT / "experiments" / "out" / "results")
     ap.add_argument("--dest", type=Path, default=ROOT / "experiments" / "results")
     ap.add_argument("--render-only", action="store_true", help="rebuild RESULTS.md from experiments/results/")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="re-read the sweeps already in --raw (no new runs), then rebuild RESULTS.md")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every sweep")
     args = ap.parse_args(argv)
     if not args.render_only:
         for name in args.only:
-            seeds = args.seeds or ([0] if name.startswith("chat_facts") else [0, 1, 2])
-            run_sweep(name, seeds, args.raw, args.override)
+            if not args.collect_only:
+                seeds = args.seeds or ([0] if name.startswith("chat_facts") else [0, 1, 2])
+                run_sweep(name, seeds, args.raw, args.override)
             collect(name, args.raw, args.dest)
     text = render(args.dest)
     (args.dest.parent / "RESULTS.md").write_text(text)  # links point into <dest>/

@@ -275,8 +275,11 @@ def _csv_number(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
 
-def write_report(root: Path, out: Path | None = None, metrics: Sequence[str] | None = None) -> tuple[Report, dict[str, Path]]:
+def write_report(root: Path, out: Path | None = None, metrics: Sequence[str] | None = None,
+                 plot_metrics: Sequence[str] | None = None) -> tuple[Report, dict[str, Path]]:
     """Aggregate ``root`` and write ``report.md``, ``report.csv``, ``report_groups.csv``, ``report.png``.
+
+    ``plot_metrics`` are the bars of ``report.png`` (default: ``metrics``, else the main ones found).
 
     Returns:
         The ``Report`` and ``{"md", "csv", "groups_csv", "png"}`` -> written paths.
@@ -302,8 +305,10 @@ def write_report(root: Path, out: Path | None = None, metrics: Sequence[str] | N
         for g in report.groups:
             stats = [_csv_number(v) for m in cols for v in (g.mean[m], g.std[m])]
             w.writerow([*g.params.values(), ",".join(g.seeds), len(g.runs), *stats])
-    main_metrics = list(metrics) if metrics else [m for m in MAIN_METRICS if m in cols] or cols[:4]
-    labels = [" ".join(f"{k}={v}" for k, v in g.params.items()) or "all runs" for g in report.groups]
+    main_metrics = list(plot_metrics or metrics or [m for m in MAIN_METRICS if m in cols] or cols[:4])
+    varying = [k for k in (report.groups[0].params if report.groups else {})
+               if len({g.params[k] for g in report.groups}) > 1]  # constant overrides add nothing to a label
+    labels = [" ".join(f"{k}={g.params[k]}" for k in varying) or "all runs" for g in report.groups]
     if main_metrics:
         plot_metric_bars(labels, {m: [g.mean[m] for g in report.groups] for m in main_metrics}, paths["png"],
                          stds={m: [g.std[m] for g in report.groups] for m in main_metrics})
