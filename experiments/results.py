@@ -153,6 +153,7 @@ def _cell(g: dict[str, str], metric: str) -> str:
     if not mean:
         return "–"
     m, s = float(mean), float(std) if std else math.nan
+    m = 0.0 if abs(m) < 1e-12 else m  # float noise of a difference that is zero
 
     def fmt(x: float) -> str:
         return f"{x:.0f}" if abs(m) >= 100 else f"{x:.3f}" if abs(m) >= 0.01 or x == 0 else f"{x:.1e}"
