@@ -45,6 +45,7 @@ method follows from the ``learner`` and ``memory`` groups, :func:`hydra_method`)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -404,6 +405,14 @@ def split_learner_settings(learner: dict[str, Any], seed: int, benchmark: str) -
     return update, settings.pop("neuron_fraction", None), settings
 
 
+def pinned_consolidation(consolidation: Any, lock_fraction: float | None) -> Any:
+    """``memory.consolidation`` (a callable ``learner -> Consolidation``) with its lock fraction
+    replaced by ``lock_fraction`` (None: unchanged; no consolidation stays none)."""
+    if consolidation is None or lock_fraction is None:
+        return consolidation
+    return functools.partial(consolidation, fraction=lock_fraction)
+
+
 def scalars_series_summary(result: dict[str, Any], scalars: tuple[str, ...]) -> dict[str, Any]:
     """The benchmark contract's metrics dict from a ``run_*`` result: the ``scalars`` keys flat
     (None -> nan; what ``synclearn report`` tabulates), ``benchmark`` and ``method`` flat as
@@ -440,8 +449,13 @@ def run(
     d_model: int = 64,
     d_ff: int = 256,
     n_layers: int = 2,
+    lock_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Split-digits as a Hydra benchmark (``conf/benchmark/split_digits.yaml``).
+
+    ``lock_fraction``, when given, replaces ``memory.consolidation``'s lock fraction: the tuned
+    learning rates (``DEFAULT_LR``) were found at one lock fraction, so the benchmark pins it
+    (``conf/benchmark/split_digits.yaml``) whatever the memory group's default for chat is.
 
     It builds its own model (``run.builds_model``): :func:`~synclearn.eval.experiment.run_experiment`
     passes the ``learner`` group's settings (the Learner arguments; ``lr: null`` = the tuned
@@ -463,7 +477,7 @@ def run(
     result = run_split_digits(method, setting, seed=seed, buffer_size=buffer_size, epochs=epochs,
                               batch_size=batch_size, neuron_fraction=0.05 if neuron_fraction is None else neuron_fraction,
                               d_model=d_model, d_ff=d_ff, n_layers=n_layers, out_dir=out_dir,
-                              consolidation=memory.consolidation, **learner_kw)
+                              consolidation=pinned_consolidation(memory.consolidation, lock_fraction), **learner_kw)
     out = scalars_series_summary(result, SCALARS)
     out["summary"] = [
         (f"split-digits {setting}-IL, {method} (update={update}, lr={result['lr']:.3g}, "

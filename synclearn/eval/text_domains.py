@@ -60,6 +60,7 @@ from synclearn.eval.split_digits import (
     default_lr,
     hydra_method,
     method_spec,
+    pinned_consolidation,
     scalars_series_summary,
     split_learner_settings,
 )
@@ -384,8 +385,12 @@ def run(
     warmup: Sequence[str] | None = ("prose",),
     warmup_steps: int = 200,
     warmup_lr: float = 3e-3,
+    lock_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Text domains as a Hydra benchmark (``conf/benchmark/text_domains.yaml``).
+
+    ``lock_fraction``, when given, replaces ``memory.consolidation``'s lock fraction (the
+    benchmark pins the one its learning rates were tuned at).
 
     It builds its own model (``run.builds_model``): ``model`` is a named size (freshly
     initialized from ``seed``, ``model_overrides`` changing MCSDConfig fields) warmed up on
@@ -415,7 +420,8 @@ def run(
                               neuron_fraction=0.05 if neuron_fraction is None else neuron_fraction,
                               segment_bytes=segment_bytes, model=config,
                               warmup=None if warmup is None else list(warmup), warmup_steps=warmup_steps,
-                              warmup_lr=warmup_lr, out_dir=out_dir, consolidation=memory.consolidation, **learner_kw)
+                              warmup_lr=warmup_lr, out_dir=out_dir, consolidation=pinned_consolidation(memory.consolidation, lock_fraction),
+                              **learner_kw)
     out = scalars_series_summary(result, (*SCALARS, "nll", "nll_bwt"))
     warm = result["warmup"]
     if warm:
