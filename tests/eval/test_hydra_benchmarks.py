@@ -54,6 +54,9 @@ def test_split_digits_run_writes_metrics_like_the_plain_function(tmp_path, capsy
         assert -1 <= metrics[key] <= 1, key
     assert metrics["method"] == "consolidation" and metrics["lr"] == DEFAULT_LR["class"]["consolidation"]
     assert len(metrics["series"]["R"]) == 5 and metrics["series"]["settings"]["consolidation"] == "lock"
+    # the benchmark pins the lock fraction its learning rates were tuned at, not the chat default
+    assert compose_with("memory=consolidate").memory.consolidation.fraction != 0.1
+    assert metrics["series"]["settings"]["lock_fraction"] == 0.1
     assert (out / "split_digits_consolidation_class_s0.png").is_file() and (out / "summary.txt").is_file()
     assert not (out / "interactions.db").exists() and not (out / "checkpoints").exists()
     # the Hydra path is the plain function with the groups' settings
