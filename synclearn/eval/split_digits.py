@@ -392,9 +392,10 @@ def observe_fisher(consolidation: Any, batch: Any) -> None:
 # -- the Hydra benchmark --------------------------------------------------------------------------
 
 def split_learner_settings(learner: dict[str, Any], seed: int, benchmark: str) -> tuple[str, float | None, dict]:
-    """(update, neuron_fraction, other Learner arguments) from the learner group's settings
-    (its constructor arguments, None values meaning "the benchmark's default")."""
-    settings = {k: v for k, v in dict(learner).items() if v is not None and k not in ("_target_", "_partial_")}
+    """(update, neuron_fraction, other Learner arguments) from the learner group's settings as
+    :func:`~synclearn.eval.experiment.learner_settings` gives them (constructor arguments; a
+    missing one means "the benchmark's default")."""
+    settings = dict(learner)
     update = settings.pop("update", "sparse")
     learner_seed = settings.pop("seed", seed)
     if learner_seed != seed:

@@ -420,8 +420,8 @@ def run(
                               neuron_fraction=0.05 if neuron_fraction is None else neuron_fraction,
                               segment_bytes=segment_bytes, model=config,
                               warmup=None if warmup is None else list(warmup), warmup_steps=warmup_steps,
-                              warmup_lr=warmup_lr, out_dir=out_dir, consolidation=pinned_consolidation(memory.consolidation, lock_fraction),
-                              **learner_kw)
+                              warmup_lr=warmup_lr, out_dir=out_dir,
+                              consolidation=pinned_consolidation(memory.consolidation, lock_fraction), **learner_kw)
     out = scalars_series_summary(result, (*SCALARS, "nll", "nll_bwt"))
     warm = result["warmup"]
     if warm:
