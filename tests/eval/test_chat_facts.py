@@ -16,14 +16,7 @@ from synclearn.learn import Learner
 from synclearn.memory import InteractionLog, ReplayBatchBuilder, uniform
 from synclearn.model import MCSDConfig, build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread avoids oversubscription."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_method, instantiate
@@ -19,13 +18,7 @@ from synclearn.run import CONF_DIR, main
 GROUPS = ("model", "learner", "memory", "replay", "benchmark", "serve", "experiment")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread avoids oversubscription."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def options(group):

@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -21,12 +20,7 @@ TEXT = ["experiment=text_domains", "benchmark.domains=[arithmetic,code]", "bench
         "benchmark.model_overrides={d_model: 32, d_ff: 64, n_channels: 2, predictor_rank: 0}"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

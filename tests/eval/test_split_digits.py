@@ -22,14 +22,7 @@ from synclearn.eval.split_digits import (
 from synclearn.learn.batch import LabelBatch
 from synclearn.memory import Consolidation
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The model is tiny: one thread is faster, and the runs stay bitwise reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_split_is_stratified_disjoint_and_fixed_by_seed():

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from synclearn.eval.text_domains import (
     BUILTIN_DOMAINS,
@@ -17,13 +16,7 @@ from synclearn.eval.text_domains import (
 TINY = {"steps_per_domain": 3, "batch_size": 4, "buffer_size": 8, "segment_bytes": 64, "warmup_steps": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The model is tiny: one thread is faster, and the runs stay bitwise reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_segments_pack_whole_lines_within_the_byte_budget():

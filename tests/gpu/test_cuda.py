@@ -22,6 +22,7 @@ import torch
 
 from synclearn.data import chat_pairs
 from synclearn.model import MCSDConfig, SparseSpec, build_model
+from tests.learn.conftest import snapshot
 
 DEVICE = os.environ.get("SYNCLEARN_GPU_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE.startswith("cuda")
@@ -47,17 +48,8 @@ def exact_fp32():
         torch.cuda.synchronize()  # an asynchronous CUDA error surfaces in the test that caused it
 
 
-@pytest.fixture
-def examples():
-    return chat_pairs(6, seed=1)
-
-
 def mcsd(dtype=torch.float64, device="cpu", seed=1, **overrides):
     return build_model(MCSDConfig(**{**CFG, **overrides}), seed=seed, dtype=dtype, device=device)
-
-
-def snapshot(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def assert_close_cpu(got, ref, tol, msg=""):

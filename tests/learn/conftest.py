@@ -2,18 +2,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from synclearn.data import chat_pairs
 from synclearn.model import MCSDConfig, build_model
 
 
 def tiny_mcsd(dtype=torch.float32, seed=0):
     cfg = MCSDConfig(d_model=32, n_layers=3, n_channels=4, d_ff=128, predictor_rank=8, chunk_size=16)
     return build_model(cfg, seed=seed, dtype=dtype)
-
-
-@pytest.fixture
-def examples():
-    return chat_pairs(6, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,7 @@ TINY = dict(overrides={"d_model": 32, "n_layers": 2, "n_channels": 4, "d_ff": 64
                        "chunk_size": 16}, steps=3, batch_size=2, seq_len=32, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread avoids oversubscription."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_key_is_a_stable_hash_of_the_config():
