@@ -98,7 +98,8 @@ def run_sweep(name: str, seeds: list[int], raw: Path, extra: list[str]) -> Path:
 def collect(name: str, raw: Path, dest: Path) -> None:
     """The report of ``raw/name`` and the representative run's plots, copied into ``dest``."""
     spec, src = SWEEPS[name], raw / name
-    metrics = [m for m in spec["metrics"] if _has(src, m)]
+    found = {key for path in src.glob("*/metrics.json") for key in json.loads(path.read_text())}
+    metrics = [m for m in spec["metrics"] if m in found]
     plotted = [m for m in metrics if m.startswith(("recall_d", "acc", "bwt", "forgetting", "fwt"))]
     report, paths = write_report(src, src / "report", metrics=metrics, plot_metrics=plotted)
     dest.mkdir(parents=True, exist_ok=True)
@@ -115,10 +116,6 @@ def collect(name: str, raw: Path, dest: Path) -> None:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "date": time.strftime("%Y-%m-%d")}
     (dest / f"{name}.json").write_text(json.dumps(meta, indent=2))
-
-
-def _has(src: Path, metric: str) -> bool:
-    return any(metric in json.loads(p.read_text()) for p in src.glob("*/metrics.json"))
 
 
 def _read_float(path: Path) -> float | None:
