@@ -1,6 +1,6 @@
 """Split-Digits side by side: every method, class- and task-incremental, over seeds (issue 8).
 
-For each (method, setting) the 5-task split-digits stream (:mod:`synclearn.eval.split_digits`)
+For each (method, setting) the 5-task split-digits stream (:mod:`synclearn.bench.split_digits`)
 runs once per seed; the table gives ACC, BWT and forgetting (Chaudhry et al. 2018) as
 mean ± std over seeds (sample std), and training seconds. Goal: class-incremental ACC of
 "consolidation" (sparse + replay + lock) >= that of "replay" with the same buffer.
@@ -75,7 +75,7 @@ def goal_check(runs: list[dict]) -> dict | None:
 def main() -> None:
     import torch
 
-    from synclearn.eval.split_digits import METHODS, SETTINGS, run_split_digits
+    from synclearn.bench.split_digits import METHODS, SETTINGS, run_split_digits
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))

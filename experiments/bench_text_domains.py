@@ -1,6 +1,6 @@
 """Text domains side by side: every method learns the domain stream, over seeds (issue 8).
 
-For each method the domain-incremental stream (:mod:`synclearn.eval.text_domains`) runs once
+For each method the domain-incremental stream (:mod:`synclearn.bench.text_domains`) runs once
 per seed; the table gives ACC, BWT and forgetting (Chaudhry et al. 2018) of the next-byte
 accuracy matrix, the final mean NLL (nats per byte) and its BWT (> 0: NLL rose on earlier
 domains), as mean ± std over seeds, and training seconds. ``--lrs`` sweeps learning rates
@@ -50,7 +50,7 @@ def summarize_runs(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
 def main() -> None:
     import torch
 
-    from synclearn.eval.text_domains import DEFAULT_DOMAINS, METHODS, run_text_domains
+    from synclearn.bench.text_domains import DEFAULT_DOMAINS, METHODS, run_text_domains
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))

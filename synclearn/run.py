@@ -9,7 +9,7 @@
 Every artifact goes under the Hydra output directory (``outputs/<date>/<time>/``, or
 ``multirun/<date>/<time>/<n>/`` for a sweep): the interaction log, checkpoints, metrics JSON
 and CSV, plots. ``synclearn report DIR`` aggregates them. The work itself is in
-:func:`synclearn.eval.experiment.run_experiment`.
+:func:`synclearn.bench.experiment.run_experiment`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from synclearn.eval.experiment import run_experiment, summary_line
+    from synclearn.bench.experiment import run_experiment, summary_line
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     results = run_experiment(cfg, out_dir)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from synclearn.eval.split_digits import (
+from synclearn.bench.split_digits import (
     DEFAULT_LR,
     EWC_METHODS,
     METHODS,

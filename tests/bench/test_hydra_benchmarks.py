@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from synclearn.eval import report
-from synclearn.eval.experiment import run_experiment
-from synclearn.eval.split_digits import DEFAULT_LR, hydra_method, run_split_digits
+from synclearn.bench.experiment import run_experiment
+from synclearn.bench.split_digits import DEFAULT_LR, hydra_method, run_split_digits
 from synclearn.run import CONF_DIR, main
 
 DIGITS = ["experiment=split_digits", "benchmark.epochs=1", "benchmark.d_model=32", "benchmark.d_ff=64"]

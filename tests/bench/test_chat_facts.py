@@ -9,8 +9,8 @@ import torch
 
 from synclearn.chat import ChatSession
 from synclearn.data.facts import Fact, generate_facts, save_facts
-from synclearn.eval import chat_facts
-from synclearn.eval.experiment import MemorySetup, ServeSettings, make_consolidation
+from synclearn.bench import chat_facts
+from synclearn.bench.experiment import MemorySetup, ServeSettings, make_consolidation
 from synclearn.eval.recall import candidate_logprobs, probe_fact
 from synclearn.learn import Learner
 from synclearn.memory import InteractionLog, ReplayBatchBuilder, uniform

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from synclearn.eval.text_domains import (
+from synclearn.bench.text_domains import (
     BUILTIN_DOMAINS,
     domain_segments,
     load_domains,

@@ -119,7 +119,7 @@ def default_lr(table: dict[str, float], method: str) -> float:
 
 def hydra_method(update: str, memory: Any, benchmark: str = "split-digits") -> str:
     """The method that a ``learner`` group (its ``update``) and a ``memory`` group (a
-    :class:`~synclearn.eval.experiment.MemorySetup`) stand for::
+    :class:`~synclearn.bench.experiment.MemorySetup`) stand for::
 
         memory:        none          replay        consolidate (replay + consolidation)
         sparse         naive         replay        consolidation (lock)
@@ -393,7 +393,7 @@ def observe_fisher(consolidation: Any, batch: Any) -> None:
 
 def split_learner_settings(learner: dict[str, Any], seed: int, benchmark: str) -> tuple[str, float | None, dict]:
     """(update, neuron_fraction, other Learner arguments) from the learner group's settings as
-    :func:`~synclearn.eval.experiment.learner_settings` gives them (constructor arguments; a
+    :func:`~synclearn.bench.experiment.learner_settings` gives them (constructor arguments; a
     missing one means "the benchmark's default")."""
     settings = dict(learner)
     update = settings.pop("update", "sparse")
@@ -458,7 +458,7 @@ def run(
     learning rates (``DEFAULT_LR``) were found at one lock fraction, so the benchmark pins it
     (``conf/benchmark/split_digits.yaml``) whatever the memory group's default for chat is.
 
-    It builds its own model (``run.builds_model``): :func:`~synclearn.eval.experiment.run_experiment`
+    It builds its own model (``run.builds_model``): :func:`~synclearn.bench.experiment.run_experiment`
     passes the ``learner`` group's settings (the Learner arguments; ``lr: null`` = the tuned
     ``DEFAULT_LR`` of the method) and the ``memory`` group instead of a model and a learner.
     The method follows from ``learner.update`` and the memory group (:func:`hydra_method`);

@@ -31,8 +31,8 @@ The benchmark contract (every ``conf/benchmark/*.yaml`` target has this signatur
 
     run(model, learner, log, out_dir, *, memory, serve, seed, progress, **options) -> metrics
 
-``memory`` is a :class:`~synclearn.eval.experiment.MemorySetup` (replay policy and ratio,
-batch size, consolidation, fading), ``serve`` a :class:`~synclearn.eval.experiment.ServeSettings`;
+``memory`` is a :class:`~synclearn.bench.experiment.MemorySetup` (replay policy and ratio,
+batch size, consolidation, fading), ``serve`` a :class:`~synclearn.bench.experiment.ServeSettings`;
 ``metrics`` holds flat scalars, nested series, and optionally ``summary`` (lines to print).
 Artifacts go into ``out_dir``: ``probes.csv``, ``retention.png``, ``accuracy_matrix.png``,
 ``forgetting.png``, ``latency.png``.

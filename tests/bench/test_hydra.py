@@ -11,7 +11,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
 from synclearn.eval import report
-from synclearn.eval.experiment import MemorySetup, ServeSettings
+from synclearn.bench.experiment import MemorySetup, ServeSettings
 from synclearn.learn import Learner
 from synclearn.run import CONF_DIR, main
 

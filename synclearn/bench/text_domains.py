@@ -24,7 +24,7 @@ warm-up domains before and after the stream is reported (forgetting of the base 
 
 Each domain's text is cut into segments of at most ``segment_bytes`` bytes (whole lines
 packed together); a seeded share of them is held out for testing. Methods are the ones of
-:mod:`synclearn.eval.split_digits` (``METHODS``): naive sparse, replay, consolidation (lock),
+:mod:`synclearn.bench.split_digits` (``METHODS``): naive sparse, replay, consolidation (lock),
 LoRA and full, with or without replay; the replay buffer holds training segments (reservoir).
 LoRA/full consolidation is EWC (``EWC_METHODS``, e.g. lora+replay+ewc: the Fisher is estimated
 on each domain's training segments at its end; untuned learning rate, that of the method
@@ -35,7 +35,7 @@ without ``+ewc``).
 
 From Hydra, :func:`run` is the benchmark (``synclearn run experiment=text_domains``; the
 method follows from the ``learner`` and ``memory`` groups, see
-:func:`~synclearn.eval.split_digits.hydra_method`).
+:func:`~synclearn.bench.split_digits.hydra_method`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from synclearn.eval import metrics
-from synclearn.eval.split_digits import (
+from synclearn.bench.split_digits import (
     EWC_METHODS,
     METHODS,
     SCALARS,
@@ -237,7 +237,7 @@ def run_text_domains(
 
     Args:
         method: one of ``METHODS`` (naive, replay, consolidation, lora, lora+replay, full,
-            full+replay; see :mod:`synclearn.eval.split_digits`) or ``EWC_METHODS``.
+            full+replay; see :mod:`synclearn.bench.split_digits`) or ``EWC_METHODS``.
         seed: seeds the model's initialization, generated text, the held-out split, batch
             order, the replay buffer and neuron selection; same seed, same result.
         domains: built-in names (``BUILTIN_DOMAINS``) and/or text file paths, in learning
@@ -394,9 +394,9 @@ def run(
 
     It builds its own model (``run.builds_model``): ``model`` is a named size (freshly
     initialized from ``seed``, ``model_overrides`` changing MCSDConfig fields) warmed up on
-    ``warmup``; :func:`~synclearn.eval.experiment.run_experiment` passes the ``learner``
+    ``warmup``; :func:`~synclearn.bench.experiment.run_experiment` passes the ``learner``
     group's settings (``lr: null`` = the tuned ``DEFAULT_LR``) and the ``memory`` group. The
-    method follows from them as in :func:`~synclearn.eval.split_digits.hydra_method`;
+    method follows from them as in :func:`~synclearn.bench.split_digits.hydra_method`;
     consolidation is ``memory.consolidation`` applied at every domain boundary (lock for
     sparse, EWC for LoRA/full with ``policy: auto``). ``memory.batch_size``,
     ``memory.consolidate_every`` and the replay group do not apply (the benchmark's

@@ -11,7 +11,7 @@
 * ``replay``: the replay policy (``policy(candidates, k, rng, now) -> ids``);
 * ``serve``: a :class:`ServeSettings` (sampling, and how the learner shares the CPU);
 * ``benchmark``: a partial function with the benchmark contract
-  (:mod:`synclearn.eval.chat_facts` documents it).
+  (:mod:`synclearn.bench.chat_facts` documents it).
 
 Everything lands in the output directory: ``interactions.db`` (the log), ``checkpoints/``
 (model + learner state, :class:`~synclearn.chat.checkpoint.CheckpointStore`), ``metrics.json``
