@@ -121,6 +121,48 @@ class PretrainConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: the model names that mean a pretrained, cached base: public name -> its PretrainConfig settings.
+#: ``load_model(name)`` and Hydra's ``model: <name>`` (``conf/model/<name>.yaml``) mean the same entry.
+PRETRAINED_NAMES: dict[str, dict[str, Any]] = {"mcsd-chat": {"name": "mcsd-chat"}}
+#: what ``load_model(<a pretrained name>, ...)`` accepts besides the PretrainConfig fields
+LOAD_SETTINGS = ("cache_dir", "force", "progress", "threads")
+
+
+def load_pretrained(name: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                    **settings: Any):
+    """``load_model(name)`` for a name in :data:`PRETRAINED_NAMES`: the cached base (trained first if missing).
+
+    Args:
+        name: a key of :data:`PRETRAINED_NAMES`, e.g. ``"mcsd-chat"``.
+        dtype, device: cast/move the loaded model.
+        **settings: :class:`PretrainConfig` fields (a different base: another cache entry) or
+            :data:`LOAD_SETTINGS`.
+
+    Raises:
+        ValueError: an unknown name or setting.
+    """
+    if name not in PRETRAINED_NAMES:
+        raise ValueError(f"{name!r} is not a pretrained model name; known: {sorted(PRETRAINED_NAMES)}")
+    accepted = sorted({f.name for f in dataclasses.fields(PretrainConfig)} - {"name"} | set(LOAD_SETTINGS))
+    bad = sorted(set(settings) - set(accepted))
+    if bad:
+        raise ValueError(f"load_model({name!r}) does not take {', '.join(bad)}; it takes dtype, device and "
+                         f"the pretraining settings {', '.join(accepted)}")
+    model = pretrained_model(**{**PRETRAINED_NAMES[name], **settings})
+    if dtype is not None or device is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
+def display_name(config: PretrainConfig) -> str:
+    """The short name of a pretrained base: its public name (``"mcsd-chat"``) when ``config`` is
+    that name's default, else ``"<size>-pretrained-<key>"`` (a custom pretraining)."""
+    for public, settings in PRETRAINED_NAMES.items():
+        if PretrainConfig(**settings).key() == config.key():
+            return public
+    return f"{config.name}-pretrained-{config.key()}"
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where pretrained models are cached: ``cache_dir``, else ``$SYNCLEARN_CACHE``, else
     ``~/.cache/synclearn``; entries go under ``pretrained/``."""
@@ -142,8 +184,9 @@ def pretrained_model(name: str = "mcsd-chat", *, cache_dir: str | None = None, f
         **settings: other :class:`PretrainConfig` fields.
 
     Returns:
-        The ``MCSDLM`` in eval mode, with ``model.pretrain_info`` = the entry's ``pretrain.json``
-        contents plus ``"path"`` and ``"trained_now"``.
+        The ``MCSDLM`` in eval mode, with ``model.name`` = its short name (:func:`display_name`,
+        e.g. ``"mcsd-chat"``) and ``model.pretrain_info`` = the entry's ``pretrain.json`` contents
+        plus ``"name"``, ``"path"`` and ``"trained_now"``.
     """
     config = PretrainConfig(name=name, **settings)
     saved = torch.get_num_threads()
@@ -154,7 +197,9 @@ def pretrained_model(name: str = "mcsd-chat", *, cache_dir: str | None = None, f
     finally:
         torch.set_num_threads(saved)
     model = load_model(path)
-    model.pretrain_info = {**json.loads((path / META_FILE).read_text()), "path": str(path), "trained_now": trained_now}
+    model.name = display_name(config)
+    model.pretrain_info = {**json.loads((path / META_FILE).read_text()), "name": model.name, "path": str(path),
+                           "trained_now": trained_now}
     return model
 
 
@@ -170,6 +215,8 @@ def ensure_pretrained(config: PretrainConfig, *, cache_dir: str | os.PathLike | 
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run with the same key waits, then reuses
         if (path / META_FILE).is_file() and not force:
             return path, False
+        print(f"{display_name(config)} is not in the cache yet: pretraining it now ({config.steps} steps; "
+              f"cached under {path} for next time)", file=sys.stderr, flush=True)
         tmp = root / f".{config.key()}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         meta = pretrain(config, tmp, progress=progress)

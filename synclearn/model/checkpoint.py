@@ -1,10 +1,14 @@
 """Checkpoints and ``load_model``: one directory = ``config.json`` + ``model.safetensors``.
 
-``load_model`` accepts a named size (``"mcsd-tiny"``, ``"mcsd-small"``, ``"mcsd-1b"``,
-``"mcsd-1.6b"``, ``"mcsd-3b"``: freshly initialized from ``seed``), a directory written by
-:func:`save_model`, or a local Hugging Face causal-LM directory (``config.json`` with a
-``model_type`` other than ``"mcsd"``), which is wrapped by :mod:`synclearn.model.hf`.
-Nothing is ever downloaded.
+``load_model`` accepts a pretrained name (``"mcsd-chat"``: the cached chat base of
+:mod:`synclearn.learn.pretrain`, pretrained on first use), a random initialization
+(``"mcsd-tiny-random"``, ``"mcsd-small-random"``, ``"mcsd-chat-random"``, ``"mcsd-1b-random"``,
+``"mcsd-1.6b-random"``, ``"mcsd-3b-random"``: freshly initialized from ``seed``; the bare size names
+``"mcsd-tiny"``, ``"mcsd-small"``, ... other than the pretrained ones stay accepted as aliases), a
+directory written by :func:`save_model`, or a local Hugging Face causal-LM directory
+(``config.json`` with a ``model_type`` other than ``"mcsd"``), which is wrapped by
+:mod:`synclearn.model.hf`. Nothing is ever downloaded. A model from a name gets ``model.name``,
+its short name (``"mcsd-chat"``, ``"mcsd-tiny-random"``) for banners and served ids.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from synclearn.model.config import NAMED_CONFIGS, MCSDConfig, named_config
 from synclearn.model.mcsd import MCSDLM
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+RANDOM_SUFFIX = "-random"  # "<size>-random": a fresh initialization of a named size
 
 
 def build_model(config: MCSDConfig, *, seed: int = 0, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MCSDLM:
@@ -84,11 +89,15 @@ def load_model(
     """Load a model by name, from a synclearn checkpoint, or from a local HF directory.
 
     Args:
-        name_or_path: a named size or a directory.
-        seed: initialization seed for named sizes.
+        name_or_path: a pretrained name (``"mcsd-chat"``), a random initialization
+            (``"<size>-random"``, or the bare size as its alias) or a directory.
+        seed: initialization seed for random initializations (a pretrained base is shared by
+            every seed: its own pretraining seed is a setting, ``load_model("mcsd-chat", seed=...)``
+            does not change it).
         dtype: torch dtype (or its name, e.g. "bfloat16") to cast to.
         device: where to put the model.
-        **overrides: MCSDConfig fields to override for a named size.
+        **overrides: MCSDConfig fields to override for a random initialization; for a
+            pretrained name, pretraining settings (``synclearn.learn.pretrain.load_pretrained``).
 
     Returns:
         An ``MCSDLM`` (or an HF adapter) in eval mode.
@@ -96,12 +105,20 @@ def load_model(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     key = str(name_or_path)
-    if key in NAMED_CONFIGS:
-        return build_model(named_config(key, **overrides), seed=seed, dtype=dtype, device=device)
+    from synclearn.learn.pretrain import PRETRAINED_NAMES, load_pretrained  # here: pretrain imports this module
+
+    if key in PRETRAINED_NAMES:
+        return load_pretrained(key, dtype=dtype, device=device, **overrides)
+    size = key.removesuffix(RANDOM_SUFFIX)
+    if size in NAMED_CONFIGS:
+        model = build_model(named_config(size, **overrides), seed=seed, dtype=dtype, device=device)
+        model.name = size + RANDOM_SUFFIX
+        return model
     path = Path(name_or_path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(
-            f"{key!r} is neither a known model name ({', '.join(sorted(NAMED_CONFIGS))}) "
+            f"{key!r} is neither a known model name (pretrained: {', '.join(sorted(PRETRAINED_NAMES))}; random: "
+            f"{', '.join(n + RANDOM_SUFFIX for n in sorted(NAMED_CONFIGS))}) "
             f"nor a directory with a {CONFIG_FILE}"
         )
     data = json.loads((path / CONFIG_FILE).read_text())

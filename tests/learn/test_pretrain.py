@@ -92,3 +92,58 @@ def test_cli_takes_hydra_overrides(tmp_path, capsys):
     assert "cached:" in capsys.readouterr().out
     assert len([p for p in (tmp_path / "pretrained").iterdir() if not p.name.startswith(".")]) == 1
     assert os.path.isfile(next((tmp_path / "pretrained").glob("*/pretrain.json")))
+
+
+# -- model names: one meaning each ---------------------------------------------------------------
+
+
+def test_random_names_and_their_bare_aliases():
+    a, b = load_model("mcsd-tiny-random", seed=3), load_model("mcsd-tiny", seed=3)
+    assert a.name == b.name == "mcsd-tiny-random"
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.equal(x, y)
+    chat_shape = load_model("mcsd-chat-random", seed=0)
+    assert chat_shape.name == "mcsd-chat-random" and not hasattr(chat_shape, "pretrain_info")
+    assert chat_shape.config.d_model == P.PretrainConfig().model_config().d_model
+    with pytest.raises(FileNotFoundError) as err:
+        load_model("mcsd-huge")
+    assert "mcsd-huge" in str(err.value) and "mcsd-chat" in str(err.value) and "mcsd-tiny-random" in str(err.value)
+
+
+def test_load_model_mcsd_chat_is_the_pretrained_base_hydra_means(tmp_path, monkeypatch, capfd):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from synclearn.run import CONF_DIR
+
+    monkeypatch.setenv("SYNCLEARN_CACHE", str(tmp_path))
+    # a custom pretraining through load_model: trained now, saying so on one line, with a short name
+    small = {k: v for k, v in TINY.items() if k != "progress"}
+    custom = load_model("mcsd-chat", progress=False, **small)
+    assert custom.pretrain_info["trained_now"]
+    assert custom.name == custom.pretrain_info["name"] == f"mcsd-chat-pretrained-{custom.pretrain_info['key']}"
+    assert "is not in the cache yet: pretraining it now" in capfd.readouterr().err
+    with pytest.raises(ValueError, match="d_model"):
+        load_model("mcsd-chat", d_model=64)  # shape changes of a pretrained base go through overrides=
+
+    # Hydra's `model: mcsd-chat` and load_model("mcsd-chat") name the same cache entry
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="pretrain", overrides=["progress=false"])
+    default = P.PretrainConfig(**P.PRETRAINED_NAMES["mcsd-chat"])
+    entry = P.cache_root() / default.key()
+    # fill that entry from the tiny run (pretraining the real base here would take minutes)
+    import shutil
+
+    shutil.copytree(custom.pretrain_info["path"], entry)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached base was trained again")
+
+    monkeypatch.setattr(P, "pretrain", no_training)
+    base = load_model("mcsd-chat")
+    hydra_base = instantiate(cfg.model)
+    assert base.name == hydra_base.name == "mcsd-chat"
+    assert base.pretrain_info["path"] == hydra_base.pretrain_info["path"] == str(entry)
+    assert not base.pretrain_info["trained_now"]
+    for x, y, z in zip(base.parameters(), hydra_base.parameters(), custom.parameters()):
+        assert torch.equal(x, y) and torch.equal(x, z)
