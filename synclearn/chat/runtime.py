@@ -34,7 +34,10 @@ from synclearn.chat.checkpoint import CheckpointStore
 from synclearn.chat.session import ChatSession
 from synclearn.learn import Learner, guard_for
 from synclearn.memory import InteractionLog
+from synclearn.options import AttachOptions
 
+# the attach options the HTTP attach body offered before it was derived from AttachOptions;
+# Runtime.attach takes every AttachOptions field
 ATTACH_OPTIONS = ("batch_size", "replay_ratio", "idle_replay", "max_steps", "max_defer_s", "poll_s", "learn_threads",
                   "idle_only", "on_error", "seed")
 FORGET_MODES = ("exact", "approximate", "auto")
@@ -112,6 +115,7 @@ class Runtime:
         self.guard = guard_for(model)
         self.load = ServingLoad(log)
         self.handle: Any = None
+        self.attach_defaults = AttachOptions()
         self.attach_options: dict[str, Any] = {}
         self.last_checkpoint: dict | None = checkpoints.manifest() if checkpoints else None
         self._control = threading.RLock()  # attach / detach / forget / save / close, one at a time
@@ -186,20 +190,19 @@ class Runtime:
         return self.handle is not None and self.handle.attached
 
     def attach(self, **options: Any) -> dict:
-        """Start learning in the background (options: :data:`ATTACH_OPTIONS`); returns the status.
+        """Start learning in the background; returns the status. ``options`` are
+        :class:`~synclearn.options.AttachOptions` fields replacing :attr:`attach_defaults`.
 
         Raises:
-            Conflict: already attached. ValueError: a bad option.
+            Conflict: already attached. ValueError: a bad or unknown option.
         """
-        unknown = sorted(set(options) - set(ATTACH_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown attach options {unknown}; accepted: {list(ATTACH_OPTIONS)}")
+        chosen = self.attach_defaults.replace(**options)
         with self._control:
             self._check_open()
             if self.attached:
                 raise Conflict("the learner is already attached; detach it first")
-            self.handle = self.learner.attach(self.load, **options)
-            self.attach_options = dict(options)
+            self.handle = self.learner.attach(self.load, **chosen.kwargs())
+            self.attach_options = dict(options)  # what was asked; the rest are attach_defaults
         return self.status()
 
     def detach(self) -> dict:
@@ -307,7 +310,8 @@ class Runtime:
                     self.save()  # it changed the weights without a persist call
             finally:
                 if was_attached:
-                    self.handle = self.learner.attach(self.load, **self.attach_options)
+                    again = self.attach_defaults.replace(**self.attach_options)
+                    self.handle = self.learner.attach(self.load, **again.kwargs())
         return report.to_dict()
 
     # -- checkpoints -------------------------------------------------------------------------------------
