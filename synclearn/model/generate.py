@@ -82,37 +82,51 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
 
 
 class StopStringFilter:
-    """Turns a stream of text pieces into output pieces, cutting at the first stop string."""
+    """Turns a stream of text pieces into output pieces, cutting at the first stop string.
+
+    Work per piece is O(len(piece) + longest stop): only the text not yet released is searched.
+    A stop string cannot begin in released text (every tail that could begin one is held
+    back), so nothing before the held tail needs looking at again.
+    """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = list(stops)
-        self.text = ""  # everything generated so far
-        self.emitted = 0  # characters already released
+        self.released: list[str] = []  # pieces already returned
+        self.pending = ""  # generated text not yet released (at most the longest stop + a piece)
         self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """Everything generated so far (cut at the stop string once one was seen)."""
+        return "".join(self.released) + self.pending
+
+    def _release(self, n: int) -> str:
+        out, self.pending = self.pending[:n], self.pending[n:]
+        if out:
+            self.released.append(out)
+        return out
 
     def feed(self, piece: str) -> str:
         """Add generated text; return what can be released now ('' while unsure)."""
-        self.text += piece
-        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if self.stopped:
+            return ""
+        self.pending += piece
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
-            out, self.emitted = self.text[self.emitted : cut], cut
-            self.text = self.text[:cut]
+            out = self._release(cut)
+            self.pending = ""
             return out
-        hold = 0  # longest tail of the text that is a proper prefix of some stop string
+        hold = 0  # longest tail of the pending text that is a proper prefix of some stop string
         for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.text)), hold, -1):
-                if self.text.endswith(s[:n]):
+            for n in range(min(len(s) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(s[:n]):
                     hold = n
                     break
-        safe = len(self.text) - hold
-        out = self.text[self.emitted : safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
-        return out
+        return self._release(len(self.pending) - hold)
 
     def flush(self) -> str:
-        out, self.emitted = self.text[self.emitted :], len(self.text)
-        return out
+        return self._release(len(self.pending))
 
 
 @dataclass
@@ -180,11 +194,20 @@ def stream_generate(
         ids: list[int] = []
         pieces: list[str] = []
         reason = "max_tokens"
+        overlap = torch.device(device).type == "cuda"
         for _ in range(params.max_new_tokens):
-            nxt = sample_next(logits, params, gen)
-            token = int(nxt[0])
+            nxt = sample_next(logits, params, gen).to(device)
+            if overlap:  # read the token back while the device already runs the next step
+                host = nxt.to("cpu", non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+                logits, state = step(nxt, state)
+                ready.synchronize()  # waits for the copy only, not for the step queued after it
+                token = int(host[0])
+            else:
+                token = int(nxt[0])
+                logits, state = step(nxt, state)
             ids.append(token)
-            logits, state = step(nxt.to(device), state)
             if token in stop_ids:
                 reason = "stop_token"
                 break

@@ -12,9 +12,16 @@ into C channels of Dc = D / C features. For channel i:
 * output: out_proj(concat(out_s, out_d)).
 
 Both sections are scalar-decay scans (:mod:`synclearn.model.scan`), so the decoding state per
-layer is two [C, Dc] tensors, plus one position counter per sequence (Z_n needs n). The three
-evaluation forms -- naive (:mod:`synclearn.model.naive`), chunked (``forward``/``prefill``)
-and recurrent (``step``) -- compute the same function.
+layer is two [C, Dc] tensors, plus one position counter per sequence and the normalizer Z_n
+[B, C] (shared by every layer: it depends only on n and the slopes), carried by the recurrence
+Z_{n+1} = e^{-b} (1 + Z_n) so a decode step computes no exponential. The three evaluation
+forms -- naive (:mod:`synclearn.model.naive`), chunked (``forward``/``prefill``) and recurrent
+(``step``) -- compute the same function.
+
+States are values: ``step`` and ``prefill`` never modify the state they are given; they
+return a new one. Under inference (no autograd) ``step`` writes every layer's new sums
+straight into one freshly allocated [n_layers, B, C, Dc] buffer per section (no per-token
+``torch.stack``) and builds the output projection's input in one [B, 2D] buffer (no ``cat``).
 """
 
 from __future__ import annotations
@@ -41,24 +48,27 @@ class MCSDState:
         slope: [n_layers, B, C, Dc] unnormalized slope-section sums S_n.
         decay: [n_layers, B, C, Dc] decay-section sums E'_n (before the norm).
         pos: [B] int64, tokens consumed so far by each sequence.
+        z: [B, C] the slope normalizer Z_n (float32, or float64 for a float64 model), or None
+            to compute it from ``pos`` (closed form) at the next step.
     """
 
     slope: Tensor
     decay: Tensor
     pos: Tensor
+    z: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return self.pos.shape[0]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.slope, self.decay, self.pos))
+        return sum(t.numel() * t.element_size() for t in (self.slope, self.decay, self.pos, self.z) if t is not None)
 
     def clone(self) -> "MCSDState":
-        return MCSDState(self.slope.clone(), self.decay.clone(), self.pos.clone())
+        return MCSDState(self.slope.clone(), self.decay.clone(), self.pos.clone(), None if self.z is None else self.z.clone())
 
     def detach(self) -> "MCSDState":
-        return MCSDState(self.slope.detach(), self.decay.detach(), self.pos)
+        return MCSDState(self.slope.detach(), self.decay.detach(), self.pos, self.z)
 
 
 class MCSDMixer(nn.Module):
@@ -90,17 +100,28 @@ class MCSDMixer(nn.Module):
             )
         return self._consts[key]
 
+    def normalizer(self, pos: Tensor, dtype: torch.dtype) -> Tensor:
+        """Z_n = sum_{j=1..n} e^{-jb} in closed form. pos: [...] counts n -> [..., C] (>= fp32)."""
+        neg_b, _, exp_neg_b, inv_expm1 = self._constants(pos.device, dtype)
+        # Z_p = e^{-b} (1 - e^{-pb}) / (1 - e^{-b}), in expm1 form.
+        return exp_neg_b * torch.expm1(pos.to(neg_b.dtype)[..., None] * neg_b) * inv_expm1
+
+    def next_normalizer(self, z: Tensor) -> Tensor:
+        """Z_{n+1} = e^{-b} (1 + Z_n). z: [B, C] -> [B, C]."""
+        return (z + 1.0) * self._constants(z.device, z.dtype)[2]
+
+    @staticmethod
+    def inverse_normalizer(z: Tensor) -> Tensor:
+        """1 / Z_n, and 0 where Z_n = 0 (no past token: the average is 0). [...] -> [...]."""
+        return torch.where(z > 0, z, torch.ones_like(z)).reciprocal_().mul_(z > 0)
+
     def _average(self, s: Tensor, pos: Tensor) -> Tensor:
         """V' = S_n / Z_n. s: [B, T, C, Dc]; pos: [B, T] number of past tokens n."""
-        neg_b, _, exp_neg_b, inv_expm1 = self._constants(s.device, s.dtype)
-        p = pos.to(neg_b.dtype)[..., None]  # [B, T, 1]
-        # Z_p = sum_{j=1..p} e^{-jb} = e^{-b} (1 - e^{-pb}) / (1 - e^{-b}), in expm1 form.
-        z = exp_neg_b * torch.expm1(p * neg_b) * inv_expm1  # [B, T, C]
-        z = z.to(s.dtype)[..., None]
+        z = self.normalizer(pos, s.dtype).to(s.dtype)[..., None]  # [B, T, C, 1]
         return torch.where(z > 0, s / torch.where(z > 0, z, torch.ones_like(z)), torch.zeros_like(s))
 
     def _norm_e(self, e: Tensor) -> Tensor:
-        return e * torch.rsqrt(e.pow(2).mean(-1, keepdim=True) + self.eps) * self.e_norm_weight
+        return F.rms_norm(e, (self.d_channel,), None, self.eps) * self.e_norm_weight  # weight is per channel [C, Dc]
 
     def forward(self, x: Tensor, slope_state: Tensor | None, decay_state: Tensor | None, pos: Tensor):
         """Chunked form. x: [B, T, D]; states: [B, C, Dc] or None; pos: [B] tokens before x.
@@ -118,17 +139,58 @@ class MCSDMixer(nn.Module):
         out_d = self._norm_e(e_past).reshape(B, T, D) * torch.sigmoid(f)
         return self.out_proj(torch.cat([out_s, out_d], dim=-1)), s_new, d_new
 
-    def step(self, x: Tensor, slope_state: Tensor, decay_state: Tensor, pos: Tensor):
-        """Recurrent form, one token. x: [B, D]; states [B, C, Dc]; pos [B]. Same returns."""
+    def step(
+        self,
+        x: Tensor,
+        slope_state: Tensor,
+        decay_state: Tensor,
+        pos: Tensor,
+        *,
+        inv_z: Tensor | None = None,
+        out: tuple[Tensor, Tensor, Tensor] | None = None,
+    ):
+        """Recurrent form, one token. x: [B, D]; states [B, C, Dc]; pos [B]. Same returns.
+
+        Args:
+            inv_z: [B, C] 1 / Z_n for this token (what :meth:`MCSDLM.step` computes once for
+                every layer); None: computed here from ``pos``.
+            out: inference only (no autograd): (slope dest [B, C, Dc], decay dest [B, C, Dc],
+                scratch [B, 2D]); the new states are written into the first two and returned.
+        """
         B, D = x.shape
         C, Dc = self.n_channels, self.d_channel
-        log_s, log_d, _, _ = self._constants(x.device, x.dtype)
+        if inv_z is None:
+            inv_z = self.inverse_normalizer(self.normalizer(pos, x.dtype))
         u, v, f, e = self.in_proj(x).chunk(4, dim=-1)  # 4 x [B, D]
-        s_past, s_new = recurrent_decay_step(v.reshape(B, C, Dc), log_s, slope_state)
-        out_s = F.silu(self._average(s_past[:, None], pos[:, None])[:, 0].reshape(B, D)) * u
-        e_past, d_new = recurrent_decay_step(e.reshape(B, C, Dc), log_d, decay_state)
-        out_d = self._norm_e(e_past).reshape(B, D) * torch.sigmoid(f)
-        return self.out_proj(torch.cat([out_s, out_d], dim=-1)), s_new, d_new
+        v, e = v.reshape(B, C, Dc), e.reshape(B, C, Dc)
+        fast = out is not None and slope_state.dtype == x.dtype and x.dtype in (torch.float32, torch.float64)
+        if not fast:  # autograd, or a low-precision state: the scan helper upcasts
+            log_s, log_d, _, _ = self._constants(x.device, x.dtype)
+            s_past, s_new = recurrent_decay_step(v, log_s, slope_state)
+            out_s = F.silu((s_past * inv_z.to(s_past.dtype)[..., None]).reshape(B, D)) * u
+            e_past, d_new = recurrent_decay_step(e, log_d, decay_state)
+            out_d = self._norm_e(e_past).reshape(B, D) * torch.sigmoid(f)
+            if out is not None:
+                out[0].copy_(s_new)
+                out[1].copy_(d_new)
+                s_new, d_new = out[0], out[1]
+            return self.out_proj(torch.cat([out_s, out_d], dim=-1)), s_new, d_new
+        s_dst, d_dst, mix = out
+        _, _, exp_neg_b, _ = self._constants(x.device, x.dtype)
+        decay = self._decay_factors(x.device, x.dtype)
+        torch.mul(torch.add(slope_state, v, out=s_dst), exp_neg_b[None, :, None], out=s_dst)  # a (s + v)
+        torch.mul(torch.add(decay_state, e, out=d_dst), decay, out=d_dst)
+        out_s = F.silu((slope_state * inv_z[..., None]).view(B, D))
+        torch.mul(out_s, u, out=mix[:, :D])
+        torch.mul(self._norm_e(decay_state).view(B, D), torch.sigmoid(f), out=mix[:, D:])
+        return self.out_proj(mix), s_dst, d_dst
+
+    def _decay_factors(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """a_i as [1, C, 1] in ``dtype`` (cached with the other constants)."""
+        key = ("a", device, dtype)
+        if key not in self._consts:
+            self._consts[key] = torch.exp(self._constants(device, dtype)[1])[None, :, None]
+        return self._consts[key]
 
 
 class MCSDBlock(nn.Module):
@@ -146,8 +208,8 @@ class MCSDBlock(nn.Module):
         x = x + h
         return x + self.mlp(self.norm_mlp(x), sparse=sparse, trace=trace), s, d
 
-    def step(self, x, slope_state, decay_state, pos, *, sparse=None):
-        h, s, d = self.mixer.step(self.norm_mix(x), slope_state, decay_state, pos)
+    def step(self, x, slope_state, decay_state, pos, *, sparse=None, inv_z=None, out=None):
+        h, s, d = self.mixer.step(self.norm_mix(x), slope_state, decay_state, pos, inv_z=inv_z, out=out)
         x = x + h
         return x + self.mlp(self.norm_mlp(x), sparse=sparse), s, d
 
@@ -264,21 +326,43 @@ class MCSDLM(nn.Module):
             slopes.append(s)
             decays.append(d)
         logits = self.lm_head(self.norm(x))
-        return logits, MCSDState(torch.stack(slopes), torch.stack(decays), pos + T)
+        new_pos = pos + T
+        return logits, MCSDState(torch.stack(slopes), torch.stack(decays), new_pos, self._normalizer(new_pos))
+
+    def _normalizer(self, pos: Tensor) -> Tensor:
+        """Z_n [B, C] for counts ``pos`` [B], in the scan precision (>= fp32)."""
+        dt = torch.float64 if self.dtype == torch.float64 else torch.float32
+        return self.blocks[0].mixer.normalizer(pos, dt)
 
     def step(self, ids_t: Tensor, state: MCSDState, *, sparse: SparseSpec | None = None) -> tuple[Tensor, MCSDState]:
-        """Recurrent form: one token per sequence. ids_t: [B] -> (logits [B, V], new state)."""
+        """Recurrent form: one token per sequence. ids_t: [B] -> (logits [B, V], new state).
+
+        ``state`` is not modified. Without autograd, the new state's sums are written layer by
+        layer into two buffers allocated once for the step (no stack), Z_n comes from the
+        state (no exponential) and the mixers share one scratch buffer.
+        """
         self._check_ids(ids_t, 1)
         if state.batch_size != ids_t.shape[0]:
             raise ValueError(f"state is for batch {state.batch_size}, ids_t has batch {ids_t.shape[0]}")
         x = self.embed(ids_t)  # [B, D]
-        slopes, decays = [], []
-        for i, block in enumerate(self.blocks):
-            x, s, d = block.step(x, state.slope[i], state.decay[i], state.pos, sparse=sparse)
-            slopes.append(s)
-            decays.append(d)
+        z = state.z if state.z is not None else self._normalizer(state.pos)  # [B, C]
+        inv_z = self.blocks[0].mixer.inverse_normalizer(z).to(x.dtype)
+        if torch.is_grad_enabled():  # autograd records the step: plain functional form
+            slopes, decays = [], []
+            for i, block in enumerate(self.blocks):
+                x, s, d = block.step(x, state.slope[i], state.decay[i], state.pos, sparse=sparse, inv_z=inv_z)
+                slopes.append(s)
+                decays.append(d)
+            new_slope, new_decay = torch.stack(slopes), torch.stack(decays)
+        else:
+            new_slope, new_decay = torch.empty_like(state.slope), torch.empty_like(state.decay)
+            mix = torch.empty(x.shape[0], 2 * self.config.d_model, device=x.device, dtype=x.dtype)
+            for i, block in enumerate(self.blocks):
+                x, _, _ = block.step(x, state.slope[i], state.decay[i], state.pos, sparse=sparse, inv_z=inv_z,
+                                     out=(new_slope[i], new_decay[i], mix))
         logits = self.lm_head(self.norm(x))
-        return logits, MCSDState(torch.stack(slopes), torch.stack(decays), state.pos + 1)
+        new_z = self.blocks[0].mixer.next_normalizer(z)
+        return logits, MCSDState(new_slope, new_decay, state.pos + 1, new_z)
 
     def generate(self, prompt: str | list[int], **kwargs: Any):
         """Generate a continuation; see :func:`synclearn.model.generate.generate` for options."""

@@ -120,3 +120,24 @@ def test_max_new_tokens_zero_and_empty_prompt(model):
     assert model.generate("hi", max_new_tokens=0).ids == []
     with pytest.raises(ValueError, match="at least one prompt token"):
         model.generate([], max_new_tokens=3)
+
+
+def test_stop_string_filter_matches_a_whole_text_search_piece_by_piece():
+    """The incremental filter releases exactly the text before the first stop, whatever the
+    split into pieces, and its work does not grow with the reply (it keeps only a short tail)."""
+    g = torch.Generator().manual_seed(0)
+    alphabet = "abST OP"
+    for trial in range(200):
+        text = "".join(alphabet[int(i)] for i in torch.randint(0, len(alphabet), (60,), generator=g))
+        stops = ["STOP", "ab a"] if trial % 2 else ["OP"]
+        f = StopStringFilter(stops)
+        out, i = [], 0
+        while i < len(text) and not f.stopped:
+            n = int(torch.randint(1, 4, (1,), generator=g))
+            out.append(f.feed(text[i : i + n]))
+            assert len(f.pending) <= max(map(len, stops)) + 3
+            i += n
+        if not f.stopped:
+            out.append(f.flush())
+        cut = min((j for j in (text.find(s) for s in stops) if j >= 0), default=len(text))
+        assert "".join(out) == text[:cut] == f.text

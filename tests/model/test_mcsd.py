@@ -179,3 +179,35 @@ def test_named_models_are_seeded_and_leave_global_rng_alone():
     b = load_model("mcsd-tiny", seed=7)
     assert torch.equal(before, after)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
+def test_inference_steps_write_buffers_and_leave_the_given_state_alone(dtype, tol):
+    """The no-autograd step (preallocated buffers, Z_n carried in the state) equals the chunked
+    form, and the state passed in is a value: never modified."""
+    model = tiny(dtype)
+    ids = torch.randint(0, 263, (2, 70), generator=torch.Generator().manual_seed(3))
+    full, one_pass = model.prefill(ids)
+    with torch.inference_mode():
+        _, state = model.prefill(ids[:, :5])
+        for t in range(5, 70):
+            before = state.clone()
+            logits_t, new = model.step(ids[:, t], state)
+            for a, b in zip((before.slope, before.decay, before.pos, before.z), (state.slope, state.decay, state.pos, state.z)):
+                assert torch.equal(a, b)
+            torch.testing.assert_close(logits_t, full[:, t].detach(), rtol=tol, atol=tol)
+            state = new
+    torch.testing.assert_close(state.slope, one_pass.slope.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(state.decay, one_pass.decay.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(state.z, one_pass.z, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+def test_state_without_z_is_completed_from_pos():
+    model = tiny()
+    ids = torch.randint(0, 263, (1, 20))
+    _, state = model.prefill(ids[:, :10])
+    legacy = type(state)(state.slope, state.decay, state.pos)  # a state built before z existed
+    with torch.no_grad():
+        a, _ = model.step(ids[:, 10], state)
+        b, _ = model.step(ids[:, 10], legacy)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
