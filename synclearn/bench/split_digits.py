@@ -354,7 +354,7 @@ def run_split_digits(
 
     R = metrics.accuracy_matrix(rows)
     summary = metrics.summarize(R, baseline=baseline)
-    locked = {int(k): int(v.sum()) for k, v in learner.locked.items()}
+    locked = {layer: int(mask.sum()) for layer in learner.plastic_layers if (mask := learner.protected(layer)) is not None}
     result = {
         "benchmark": "split_digits", "method": method, "setting": setting, "seed": seed,
         "update": spec.update, "uses_buffer": spec.replay, "buffer_size": buffer_size if spec.replay else 0,

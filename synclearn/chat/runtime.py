@@ -123,7 +123,7 @@ class Runtime:
         self._stop = threading.Event()
         self._autosave: threading.Thread | None = None
         if checkpoints is not None:
-            learner.persist = self._persist  # a forget checkpoints at its commit point
+            learner.set_persist(self._persist)  # a forget checkpoints at its commit point
         if checkpoints is not None and checkpoint_every_s:
             self._autosave = threading.Thread(target=self._autosave_loop, args=(float(checkpoint_every_s),),
                                               name="synclearn-checkpoint", daemon=True)

@@ -169,7 +169,7 @@ def forget(learner: Any, *, ids: Sequence[int] | None = None, session_id: str | 
     """
     if mode not in MODES:
         raise ForgetError(f"mode={mode!r} (expected one of {MODES})")
-    with learner._lock:
+    with learner.exclusive():
         t0 = time.perf_counter()
         found, examples = _targets(learner, ids, session_id, match)
         report = ForgetReport(mode="noop", ids=found, version_before=learner.guard.version)
@@ -234,15 +234,12 @@ def _exact(learner: Any, targets: set[int], first: int, report: ForgetReport) ->
     for rec in reversed(records):
         learner.undo(rec.undo)
     learner.committed_steps = first
-    learner.journal = staging  # re-run steps are recorded aside until the commit point
-    try:
+    with learner.journaling_to(staging):  # re-run steps are recorded aside until the commit point
         for rec in records:
             kept = [e for e in rec.examples if not (isinstance(e, dict) and e.get("id") in targets)]
             if kept:
                 result = learner.step(kept)
                 report.steps_rerun += 0 if result.skipped else 1
-    finally:
-        learner.journal = journal
     report.steps_rolled_back = len(records)
     _write_intent(journal.path, {"epoch": epoch, "first": first, "ids": sorted(targets), "staging": staging_dir.name})
     learner.forget_epoch = epoch
@@ -323,7 +320,7 @@ def _approximate(learner: Any, examples: list[dict], retained: list[dict], repor
             # forgotten records, descend on ``retain_weight`` x the mean loss of the retained ones
             batch.weights[: len(forget_set)] = -1.0 / len(forget_set)
             batch.weights[len(forget_set) :] = retain_weight / max(1, len(retain_set))
-            result, _ = (learner._sparse_step if learner.update == "sparse" else learner._dense_step)(batch)
+            result = learner.step_batch(batch, record=False)
             report.unlearn_steps += 0 if result.skipped else 1
     finally:
         _set_lr(learner, saved_lr)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from synclearn.learn.batch import Batch, at_least_float32, build_batch
 from synclearn.learn.guard import guard_for
-from synclearn.learn.optim import RowSparseAdamW
+from synclearn.learn.optim import RowSparseAdamW, RowSparseSGD
 from synclearn.learn.select import SELECTORS
 from synclearn.learn.sparse import gather_slice, plastic_forward, write_back
 from synclearn.model.neurons import NeuronTrace, neuron_context
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from synclearn.learn.sync import LearnerHandle
 
 UPDATES = ("sparse", "lora", "full")
+OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"sparse": 1e-3, "lora": 3e-3, "full": 1e-3}
 
 
@@ -88,13 +89,17 @@ class Learner:
         betas, eps, weight_decay: AdamW settings.
         clip_norm: gradient clipping threshold (global L2 norm; 0 disables).
         plastic_layers: how many of the last layers may change (sparse), or explicit indices.
-        selector: "topk", "predictor" or "random" (see :mod:`synclearn.learn.select`).
+        optimizer: "adamw" or "sgd" (plain SGD on the selected rows, no moments; sparse and dense).
+        selector: a name in :data:`~synclearn.learn.select.SELECTORS` or a callable with the
+            selector signature (see :mod:`synclearn.learn.select`).
         exploration: share of the sparse budget drawn from active but not top neurons.
         optimizer_capacity: neurons with optimizer moments per layer (default 2x the budget).
         lora_rank, lora_alpha, lora_targets: LoRA settings (targets default to the model's).
         max_seq_len: longest training sequence; longer examples keep their end.
         journal: a :class:`~synclearn.memory.journal.StepJournal` (or a directory for one) that
             records every committed step for exact forgetting; None keeps no journal.
+        memory: a memory manager; stored as ``learner.memory``, and ``memory.bind(learner)`` is
+            called once here when it has one.
     """
 
     def __init__(
@@ -111,7 +116,8 @@ class Learner:
         weight_decay: float = 0.0,
         clip_norm: float = 1.0,
         plastic_layers: int | Sequence[int] = 4,
-        selector: str = "topk",
+        optimizer: str = "adamw",
+        selector: Any = "topk",
         exploration: float = 0.1,
         optimizer_capacity: int | None = None,
         lora_rank: int = 8,
@@ -119,6 +125,7 @@ class Learner:
         lora_targets: Sequence[str] | None = None,
         max_seq_len: int = 512,
         journal: Any = None,
+        memory: Any = None,
     ) -> None:
         n_layers = len(model.neuron_layouts())
         bad = []
@@ -126,8 +133,10 @@ class Learner:
             bad.append(f"update={update!r} (expected one of {UPDATES})")
         if not (isinstance(neuron_fraction, (int, float)) and 0 < neuron_fraction <= 1):
             bad.append(f"neuron_fraction={neuron_fraction!r} (expected 0 < fraction <= 1)")
-        if selector not in SELECTORS:
-            bad.append(f"selector={selector!r} (expected one of {sorted(SELECTORS)})")
+        if not callable(selector) and selector not in SELECTORS:
+            bad.append(f"selector={selector!r} (expected one of {sorted(SELECTORS)} or a callable)")
+        if optimizer not in OPTIMIZERS:
+            bad.append(f"optimizer={optimizer!r} (expected one of {OPTIMIZERS})")
         if not 0 <= exploration < 1:
             bad.append(f"exploration={exploration!r} (expected 0 <= exploration < 1)")
         if clip_norm < 0:
@@ -158,10 +167,15 @@ class Learner:
             # neuron's pre-activation grows with the width D: scale the default as 1 / D
             width = model.neuron_layouts()[layers[0]].in_weights[0].shape[1]
             self.lr = DEFAULT_LR["sparse"] * 512 / width
-        self.locked: dict[int, Tensor] = {}
-        self.lr_scale: dict[int, Tensor] = {}  # per-neuron learning-rate factors (consolidation damping)
-        self.step_observers: list[Any] = []  # called with (layer, neurons, flat grads) per sparse commit
-        self.regularizers: list[Any] = []  # callables -> scalar added to the loss (EWC/MAS for LoRA/full)
+        self._protected: dict[int, Tensor] = {}  # layer -> bool mask of neurons never selected
+        self._lr_scale: dict[int, Tensor] = {}  # per-neuron learning-rate factors (consolidation damping)
+        self._background: dict[int, Tensor] = {}  # per-neuron background statistics for the selector
+        self._observers: list[Any] = []  # fn(result, grads) after every committed step
+        self._regularizers: list[Any] = []  # callables -> scalar added to the loss (EWC/MAS for LoRA/full)
+        self._persist: Any = None  # callable writing a checkpoint; forget() calls it at its commit point
+        self._handle: Any = None
+        self._builder: Any = None
+        self.optimizer_name = optimizer
         self.committed_steps = 0
         self._lock = threading.RLock()  # one step (or forget) at a time
         self.pad_id = getattr(getattr(model, "tokenizer", None), "PAD", 0) or 0
@@ -169,8 +183,7 @@ class Learner:
             from synclearn.memory.journal import StepJournal
 
             journal = StepJournal(journal)
-        self.journal = journal
-        self.persist: Any = None  # callable writing a checkpoint; forget() calls it at its commit point
+        self._journal = journal
         self.forget_epoch: str | None = None  # id of the last exact forget (persisted with the state)
 
         for p in model.parameters():
@@ -182,7 +195,10 @@ class Learner:
             if capacity < max(self.budget.values()):
                 raise ValueError(f"optimizer_capacity={capacity} is below the per-layer neuron budget "
                                  f"{max(self.budget.values())}; it must hold at least one step's neurons")
-            self.optimizer: Any = RowSparseAdamW(self.lr, betas, eps, weight_decay, capacity)
+            if optimizer == "sgd":
+                self.optimizer: Any = RowSparseSGD(self.lr, weight_decay)
+            else:
+                self.optimizer = RowSparseAdamW(self.lr, betas, eps, weight_decay, capacity)
             self.params: list[Tensor] = []
         else:
             if update == "lora":
@@ -193,7 +209,14 @@ class Learner:
             for p in self.params:
                 p.requires_grad_(True)
             self.budget = {}
-            self.optimizer = torch.optim.AdamW(self.params, lr=self.lr, betas=betas, eps=eps, weight_decay=weight_decay)
+            if optimizer == "sgd":
+                self.optimizer = torch.optim.SGD(self.params, lr=self.lr, weight_decay=weight_decay)
+            else:
+                self.optimizer = torch.optim.AdamW(self.params, lr=self.lr, betas=betas, eps=eps,
+                                                   weight_decay=weight_decay)
+        self.memory = memory
+        if memory is not None and hasattr(memory, "bind"):
+            memory.bind(self)
 
     def _inject_lora(self, rank: int, alpha: float, targets: Sequence[str] | None) -> None:
         from peft import LoraConfig, inject_adapter_in_model
@@ -205,13 +228,127 @@ class Learner:
             root = getattr(self.model, "hf", self.model)
             inject_adapter_in_model(config, root)
 
-    # -- consolidation hooks (the memory manager sets these) ------------------------------------
-    def lock(self, layer: int, neurons: Tensor | Sequence[int]) -> None:
+    # -- consolidation hooks (the memory manager calls these) -----------------------------------
+    def _d_ff(self, layer: int) -> int:
+        layouts = self.model.neuron_layouts()
+        if not isinstance(layer, int) or not 0 <= layer < len(layouts):
+            raise ValueError(f"layer={layer!r} (expected a layer index in [0, {len(layouts)}))")
+        return layouts[layer].d_ff
+
+    def _neuron_mask(self, layer: int, neurons: Tensor | Sequence[int]) -> Tensor:
+        d_ff = self._d_ff(layer)
+        idx = torch.as_tensor(neurons, dtype=torch.long).flatten().cpu()
+        if len(idx) and (idx.min() < 0 or idx.max() >= d_ff):
+            raise ValueError(f"neuron ids of layer {layer} must be in [0, {d_ff}); got {idx.min()}..{idx.max()}")
+        mask = torch.zeros(d_ff, dtype=torch.bool)
+        mask[idx] = True
+        return mask
+
+    def _per_neuron(self, layer: int, values: Tensor | None, what: str, dtype: torch.dtype | None) -> Tensor | None:
+        if values is None:
+            return None
+        d_ff = self._d_ff(layer)
+        values = torch.as_tensor(values).detach().cpu()
+        if values.shape != (d_ff,):
+            raise ValueError(f"{what} of layer {layer} has shape {tuple(values.shape)}; expected ({d_ff},)")
+        return values.to(dtype).clone() if dtype is not None else values.clone()
+
+    def protect(self, layer: int, neurons: Tensor | Sequence[int]) -> None:
         """Protect ``neurons`` of ``layer``: no sparse step will select them."""
-        d_ff = self.model.neuron_layouts()[layer].d_ff
-        mask = self.locked.get(layer, torch.zeros(d_ff, dtype=torch.bool))
-        mask[torch.as_tensor(neurons, dtype=torch.long)] = True
-        self.locked[layer] = mask
+        with self._lock:
+            mask = self._neuron_mask(layer, neurons)
+            if layer in self._protected:
+                mask |= self._protected[layer]
+            self._protected[layer] = mask
+
+    lock = protect  # the older name
+
+    def unprotect(self, layer: int, neurons: Tensor | Sequence[int]) -> None:
+        """Let ``neurons`` of ``layer`` be selected again."""
+        with self._lock:
+            mask = self._neuron_mask(layer, neurons)
+            if layer in self._protected:
+                self._protected[layer] = self._protected[layer] & ~mask
+
+    def set_protected(self, layer: int, mask: Tensor | None) -> None:
+        """Replace the protected set of ``layer`` by ``mask`` (BoolTensor [d_ff]); None clears it."""
+        with self._lock:
+            mask = self._per_neuron(layer, mask, "the protected mask", torch.bool)
+            if mask is None:
+                self._protected.pop(layer, None)
+            else:
+                self._protected[layer] = mask
+
+    def protected(self, layer: int) -> Tensor | None:
+        """BoolTensor [d_ff] of ``layer``'s protected neurons (a copy), or None when none ever were."""
+        mask = self._protected.get(layer)
+        return None if mask is None else mask.clone()
+
+    def set_lr_scale(self, layer: int, scale: Tensor | None) -> None:
+        """Per-neuron learning-rate factors [d_ff] of ``layer`` (e.g. damping); None removes them."""
+        with self._lock:
+            scale = self._per_neuron(layer, scale, "the lr scale", torch.float32)
+            if scale is None:
+                self._lr_scale.pop(layer, None)
+            else:
+                self._lr_scale[layer] = scale
+
+    def lr_scale(self, layer: int) -> Tensor | None:
+        """The per-neuron learning-rate factors of ``layer`` (a copy), or None."""
+        scale = self._lr_scale.get(layer)
+        return None if scale is None else scale.clone()
+
+    def set_background(self, layer: int, stats: Tensor | None) -> None:
+        """Per-neuron background statistics [d_ff] of ``layer`` handed to the selector; None removes them."""
+        with self._lock:
+            stats = self._per_neuron(layer, stats, "the background statistics", None)
+            if stats is None:
+                self._background.pop(layer, None)
+            else:
+                self._background[layer] = stats
+
+    def background(self, layer: int) -> Tensor | None:
+        """The background statistics of ``layer`` (a copy), or None."""
+        stats = self._background.get(layer)
+        return None if stats is None else stats.clone()
+
+    def add_step_observer(self, fn: Any) -> None:
+        """Call ``fn(result, grads)`` after every committed step; ``grads`` maps layer -> the
+        flat gradient rows [k, row_len] of the changed neurons (empty for lora/full)."""
+        self._observers.append(fn)
+
+    def remove_step_observer(self, fn: Any) -> None:
+        self._observers.remove(fn)
+
+    def add_regularizer(self, fn: Any) -> None:
+        """Add ``fn() -> scalar Tensor`` to every step's loss (e.g. an EWC penalty)."""
+        self._regularizers.append(fn)
+
+    def remove_regularizer(self, fn: Any) -> None:
+        self._regularizers.remove(fn)
+
+    def set_persist(self, fn: Any) -> None:
+        """``fn()`` writes a checkpoint of this learner; an exact forget calls it at its commit point."""
+        self._persist = fn
+
+    @property
+    def persist(self) -> Any:
+        return self._persist
+
+    @contextlib.contextmanager
+    def journaling_to(self, journal: Any) -> Iterator[None]:
+        """Record the steps of this block into ``journal`` instead (exclusive)."""
+        with self._lock:
+            saved, self._journal = self._journal, journal
+            try:
+                yield
+            finally:
+                self._journal = saved
+
+    @property
+    def journal(self) -> Any:
+        """The :class:`~synclearn.memory.journal.StepJournal`, or None."""
+        return self._journal
 
     # -- serving and learning together ---------------------------------------------------------
     def attach(self, session: Any, **options: Any) -> "LearnerHandle":
@@ -219,7 +356,7 @@ class Learner:
         ``options`` are :class:`~synclearn.learn.sync.LearnerHandle` settings."""
         from synclearn.learn.sync import LearnerHandle
 
-        if getattr(self, "_handle", None) is not None and self._handle.attached:
+        if self._handle is not None and self._handle.attached:
             raise RuntimeError("this learner is already attached; detach() it first")
         self._handle = LearnerHandle(self, session, **options)
         return self._handle
@@ -235,7 +372,7 @@ class Learner:
         if builder is None:
             if self.log is None:
                 raise ValueError("Learner.run needs a log: Learner(model, log, ...)")
-            if getattr(self, "_builder", None) is None:
+            if self._builder is None:
                 from synclearn.memory.replay import ReplayBatchBuilder
 
                 builder_options.setdefault("seed", self.seed)
@@ -282,10 +419,11 @@ class Learner:
                             pad_id=self.pad_id, device=self.model.device)
         return self.step_batch(batch, list(examples))
 
-    def step_batch(self, batch: Any, examples: Any = None) -> StepResult:
+    def step_batch(self, batch: Any, examples: Any = None, *, record: bool = True) -> StepResult:
         """Learn from a prepared batch (a :class:`~synclearn.learn.batch.Batch`, or a
         :class:`~synclearn.learn.batch.LabelBatch` for classifiers). ``examples`` is what the
-        journal records to re-run the step (default: the batch itself)."""
+        journal records to re-run the step (default: the batch itself); ``record=False`` keeps
+        the step out of the journal (approximate unlearning)."""
         with self._lock:
             t0 = time.perf_counter()
             index = self.committed_steps
@@ -293,10 +431,10 @@ class Learner:
                 result, undo = self._sparse_step(batch)
             else:
                 result, undo = self._dense_step(batch)
-            if undo is not None and self.journal is not None:
+            if undo is not None and record and self._journal is not None:
                 from synclearn.memory.journal import StepRecord
 
-                self.journal.record(StepRecord(index, examples if examples is not None else [batch], undo))
+                self._journal.record(StepRecord(index, examples if examples is not None else [batch], undo))
             result.tokens, result.ids, result.seconds = batch.tokens, batch.ids, time.perf_counter() - t0
             return result
 
@@ -313,7 +451,7 @@ class Learner:
 
     def _select(self, batch: Batch) -> dict[int, Tensor] | str:
         """Neurons to update per plastic layer, or the reason the batch cannot be learned."""
-        fn, source = SELECTORS[self.selector]
+        fn, source = (self.selector, "mass") if callable(self.selector) else SELECTORS[self.selector]
         trace = NeuronTrace(mask=batch.mask, predicted=source == "predicted_mass")
         with torch.no_grad(), neuron_context(trace=trace):
             self.model(batch.inputs)
@@ -325,8 +463,8 @@ class Learner:
                 raise RuntimeError(f"layer {layer} recorded no {source}; selector {self.selector!r} needs it")
             if not torch.isfinite(scores).all():
                 return f"non-finite activations in layer {layer}"
-            chosen[layer] = fn(scores, self.budget[layer], locked=self.locked.get(layer),
-                               exploration=self.exploration, generator=gen)
+            chosen[layer] = fn(scores, self.budget[layer], locked=self._protected.get(layer),
+                               exploration=self.exploration, generator=gen, background=self._background.get(layer))
         return chosen
 
     def _sparse_step(self, batch: Batch) -> tuple[StepResult, dict | None]:
@@ -353,12 +491,12 @@ class Learner:
             n = len(sl.leaves)
             flat_grads[layer] = sl.flat_grads(grads[start : start + n])
             start += n
-            scale = self.lr_scale[layer][sl.idx.cpu()].to(sl.idx.device) if layer in self.lr_scale else None
+            scale = self._lr_scale[layer][sl.idx.cpu()].to(sl.idx.device) if layer in self._lr_scale else None
             plans.append(self.optimizer.plan(layer, sl.idx, sl.flat(), flat_grads[layer], lr_scale=scale))
         if not all(torch.isfinite(p.new_params).all() for p in plans):
             return self._skip(loss, "non-finite update", norm)
         undo = None
-        if self.journal is not None:
+        if self._journal is not None:
             undo = {"kind": "sparse", "layers": {
                 p.layer: {"idx": slices[p.layer].idx.cpu(), "rows": slices[p.layer].flat().cpu(),
                           "optimizer": self.optimizer.snapshot(p)} for p in plans}}
@@ -367,18 +505,18 @@ class Learner:
                 write_back(layouts[plan.layer], slices[plan.layer].idx, plan.new_params)
                 self.optimizer.commit(plan)
             self._sync_device()
-        for observe in self.step_observers:
-            for layer, sl in slices.items():
-                observe(layer, sl.idx, flat_grads[layer])
         self.committed_steps += 1
         scratch = sum(2 * sl.nbytes() for sl in slices.values())  # leaves + their gradients
-        return StepResult(float(loss.detach()), version, {l: len(i) for l, i in chosen.items()},
-                          {l: i.tolist() for l, i in chosen.items()}, grad_norm=norm, scratch_bytes=scratch,
-                          example_losses=per_example.tolist()), undo
+        result = StepResult(float(loss.detach()), version, {l: len(i) for l, i in chosen.items()},
+                            {l: i.tolist() for l, i in chosen.items()}, grad_norm=norm, scratch_bytes=scratch,
+                            example_losses=per_example.tolist(), ids=list(batch.ids))
+        for observe in list(self._observers):
+            observe(result, flat_grads)
+        return result, undo
 
     def _dense_step(self, batch: Batch) -> tuple[StepResult, dict | None]:
         loss, per_example = batch.loss(self.model(batch.inputs))
-        for regularizer in self.regularizers:
+        for regularizer in self._regularizers:
             loss = loss + regularizer()
         if not torch.isfinite(loss):
             return self._skip(loss, "non-finite loss")
@@ -388,7 +526,7 @@ class Learner:
             return self._skip(loss, "non-finite gradient")
         grads, norm = self._clip(grads)
         undo = None
-        if self.journal is not None:
+        if self._journal is not None:
             undo = {"kind": "dense", "params": [p.detach().cpu().clone() for p in self.params],
                     "optimizer": copy.deepcopy(self.optimizer.state_dict())}
         with self.guard.write() as version:
@@ -399,8 +537,11 @@ class Learner:
             self._sync_device()
         self.committed_steps += 1
         scratch = sum(g.nbytes for g in grads)
-        return StepResult(float(loss.detach()), version, grad_norm=norm, scratch_bytes=scratch,
-                          example_losses=per_example.tolist()), undo
+        result = StepResult(float(loss.detach()), version, grad_norm=norm, scratch_bytes=scratch,
+                            example_losses=per_example.tolist(), ids=list(batch.ids))
+        for observe in list(self._observers):
+            observe(result, {})
+        return result, undo
 
     def undo(self, undo: dict) -> None:
         """Put back what one journaled step overwrote (weights and optimizer rows), under the
@@ -434,16 +575,16 @@ class Learner:
 
     def state_dict(self) -> dict:
         return {"committed_steps": self.committed_steps, "optimizer": self.optimizer.state_dict(),
-                "locked": {k: v.clone() for k, v in self.locked.items()}, "update": self.update,
-                "lr_scale": {k: v.clone() for k, v in self.lr_scale.items()}, "forget_epoch": self.forget_epoch}
+                "locked": {k: v.clone() for k, v in self._protected.items()}, "update": self.update,
+                "lr_scale": {k: v.clone() for k, v in self._lr_scale.items()}, "forget_epoch": self.forget_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         if state["update"] != self.update:
             raise ValueError(f"state is for update={state['update']!r}, this learner uses {self.update!r}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.committed_steps = int(state["committed_steps"])
-        self.locked = {int(k): v.clone() for k, v in state["locked"].items()}
-        self.lr_scale = {int(k): v.clone() for k, v in state.get("lr_scale", {}).items()}
+        self._protected = {int(k): v.clone() for k, v in state["locked"].items()}
+        self._lr_scale = {int(k): v.clone() for k, v in state.get("lr_scale", {}).items()}
         self.forget_epoch = state.get("forget_epoch")
 
 

@@ -193,3 +193,58 @@ class RowSparseAdamW:
                 slot = table.free.pop()
                 table.slots[neuron] = slot
                 table.m[slot], table.v[slot], table.t[slot] = rows["m"][j], rows["v"][j], rows["t"][j]
+
+
+class RowSparseSGD:
+    """Plain SGD over neuron rows: no moments, so no training state at all.
+
+    Same two-phase interface as :class:`RowSparseAdamW` (``plan`` computes, ``commit`` installs,
+    ``snapshot``/``restore`` for the journal); the row update is exactly
+    ``torch.optim.SGD``'s: ``p - lr * (g + weight_decay * p)``.
+
+    Args:
+        lr: learning rate. weight_decay: L2 penalty (added to the gradient, as torch does).
+    """
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+        bad = []
+        if not lr > 0:
+            bad.append(f"lr={lr!r} (expected > 0)")
+        if weight_decay < 0:
+            bad.append(f"weight_decay={weight_decay!r} (expected >= 0)")
+        if bad:
+            raise ValueError("invalid RowSparseSGD settings: " + "; ".join(bad))
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def plan(self, layer: int, neurons: Tensor, params: Tensor, grads: Tensor, lr_scale: Tensor | None = None) -> RowPlan:
+        """The SGD step for ``neurons`` [k] with rows ``params``/``grads`` [k, width]."""
+        g, p = grads.to(params.dtype), params
+        if self.weight_decay:
+            g = g.add(p, alpha=self.weight_decay)
+        if lr_scale is None:
+            new = p.add(g, alpha=-self.lr)
+        else:
+            new = p - (self.lr * lr_scale.to(p.dtype))[:, None] * g
+        empty = torch.zeros(0, device=p.device, dtype=p.dtype)
+        return RowPlan(layer, [int(i) for i in neurons], new, empty, empty, torch.zeros(0, dtype=torch.long), [])
+
+    def commit(self, plan: RowPlan) -> None:
+        """Nothing to install: SGD keeps no state."""
+
+    def snapshot(self, plan: RowPlan) -> dict:
+        return {}
+
+    def restore(self, layer: int, snap: dict) -> None:
+        """Nothing to restore."""
+
+    def tracked(self, layer: int) -> list[int]:
+        return []
+
+    def state_bytes(self) -> int:
+        return 0
+
+    def state_dict(self) -> dict:
+        return {"hyper": {"lr": self.lr, "weight_decay": self.weight_decay}, "layers": {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__init__(**state["hyper"])

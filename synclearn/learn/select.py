@@ -3,7 +3,8 @@
 One signature for every policy (a plug-in point, as peft does it)::
 
     policy(scores: Tensor [d_ff], k: int, *, locked: BoolTensor [d_ff] | None,
-           exploration: float, generator: torch.Generator) -> LongTensor [<= k], sorted
+           exploration: float, generator: torch.Generator,
+           background: Tensor [d_ff] | None = None) -> LongTensor [<= k], sorted
 
 * ``scores``: how strongly the batch activated each neuron (activation mass over the
   batch's loss tokens, see :class:`~synclearn.model.neurons.NeuronTrace`), or the low-rank
@@ -11,6 +12,9 @@ One signature for every policy (a plug-in point, as peft does it)::
 * ``locked``: neurons the memory manager protects; never selected.
 * ``exploration``: share of the budget given to neurons that fired but were not among the
   strongest, drawn at random, so neurons just below the cut also get to learn.
+* ``background``: per-neuron background statistics of the layer (mean activation on ordinary
+  traffic, set with ``Learner.set_background``), or None. Policies that do not use it
+  (``topk``, ``predictor``, ``random``) ignore it.
 * Returns at most ``k`` distinct, sorted indices. Only neurons with a positive score are
   picked by the activation-based policies: a neuron that did not fire has no gradient, and
   touching it would only spend optimizer state (and weight decay) on it.
@@ -37,7 +41,8 @@ def _allowed(scores: Tensor, locked: Tensor | None) -> Tensor:
 
 
 def select_topk(
-    scores: Tensor, k: int, *, locked: Tensor | None = None, exploration: float = 0.0, generator: torch.Generator | None = None
+    scores: Tensor, k: int, *, locked: Tensor | None = None, exploration: float = 0.0, generator: torch.Generator | None = None,
+    background: Tensor | None = None,
 ) -> Tensor:
     """The strongest ``k`` unlocked neurons, with an ``exploration`` share drawn at random from
     the remaining unlocked neurons that fired."""
@@ -59,7 +64,8 @@ def select_topk(
 
 
 def select_random(
-    scores: Tensor, k: int, *, locked: Tensor | None = None, exploration: float = 0.0, generator: torch.Generator | None = None
+    scores: Tensor, k: int, *, locked: Tensor | None = None, exploration: float = 0.0, generator: torch.Generator | None = None,
+    background: Tensor | None = None,
 ) -> Tensor:
     """``k`` unlocked neurons uniformly at random, whatever fired (the baseline)."""
     allowed = _allowed(scores.detach().cpu(), None if locked is None else locked.cpu())

@@ -113,7 +113,6 @@ class LearnerHandle:
         if self._thread.is_alive():
             raise TimeoutError(f"the learner did not stop within {timeout}s")
         self.session.remove_listener(self._listener)
-        self.learner._handle = None
         return self.status()
 
     @property
@@ -212,7 +211,7 @@ class LearnerHandle:
 
     def _learn_batch(self, t0: float) -> str:
         batch = self.builder.next_batch()
-        has_new = bool(self.builder._pending and self.builder._pending[0])
+        has_new = self.builder.has_new
         if not batch or not (has_new or self.idle_replay):
             self._update(waiting_s=time.perf_counter() - t0)
             self._wake.wait(self.poll_s)

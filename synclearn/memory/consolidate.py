@@ -100,15 +100,16 @@ class Consolidation:
         self.neurons = NeuronImportance({layer: layouts[layer].d_ff for layer in learner.plastic_layers}, decay)
         self.fisher: dict[int, Tensor] = {}
         self.anchor: list[Tensor] = []
-        learner.step_observers.append(self._observe_step)
+        learner.add_step_observer(self._observe_step)
         if policy == "ewc":
             self.fisher = {i: torch.zeros_like(p) for i, p in enumerate(learner.params)}
-            learner.regularizers.append(self.penalty)
+            learner.add_regularizer(self.penalty)
 
     # -- observations -------------------------------------------------------------------------------
-    def _observe_step(self, layer: int, neurons: Tensor, grads: Tensor) -> None:
+    def _observe_step(self, result: Any, grads: dict[int, Tensor]) -> None:
         """Fisher-style: squared gradient of each updated neuron's slice (sparse learners)."""
-        self.neurons.add(layer, neurons, grads.pow(2).sum(1))
+        for layer, g in grads.items():
+            self.neurons.add(layer, torch.as_tensor(result.neurons[layer], dtype=torch.long), g.pow(2).sum(1))
 
     def observe(self, examples: Sequence[Any]) -> None:
         """Importance from traffic (e.g. logged served turns): MAS neuron sensitivity, and for
@@ -160,13 +161,14 @@ class Consolidation:
             for layer in learner.plastic_layers:
                 top = self.neurons.top(layer, self.fraction)
                 if len(top):
-                    learner.lock(layer, top)
-                out[layer] = int(learner.locked.get(layer, torch.zeros(0, dtype=torch.bool)).sum())
+                    learner.protect(layer, top)
+                mask = learner.protected(layer)
+                out[layer] = 0 if mask is None else int(mask.sum())
         elif self.policy == "damp":
             for layer in learner.plastic_layers:
                 s = self.neurons.scores[layer]
                 mean = s[s > 0].mean() if (s > 0).any() else torch.tensor(1.0, dtype=torch.float64)
-                learner.lr_scale[layer] = (1.0 / (1.0 + self.strength * s / mean)).float()
+                learner.set_lr_scale(layer, (1.0 / (1.0 + self.strength * s / mean)).float())
                 out[layer] = int((s > 0).sum())
         elif self.policy == "ewc":
             self.anchor = [p.detach().clone() for p in learner.params]

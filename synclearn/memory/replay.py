@@ -387,6 +387,11 @@ class ReplayBatchBuilder:
         self._pending = ([r["id"] for r in new_rows[:n_new]], [r["id"] for r in rows[n_new:]])
         return [self._example(r) for r in rows]
 
+    @property
+    def has_new(self) -> bool:
+        """Whether the last ``next_batch`` holds any new (not yet learned) row."""
+        return bool(self._pending and self._pending[0])
+
     def _example(self, row: Mapping[str, Any]) -> dict[str, Any]:
         correction = row["feedback_correction"] if self.use_corrections else None
         return {"id": row["id"], "prompt": row["prompt"], "response": correction or row["response"]}

@@ -44,7 +44,7 @@ def main() -> None:
         if "--kill-after-persist" in sys.argv:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    learner.persist = persist
+    learner.set_persist(persist)
     print("READY", flush=True)
     if "--no-forget" not in sys.argv:
         learner.forget(session_id="user1")

@@ -86,7 +86,7 @@ def test_locked_neurons_are_never_selected(examples):
     model = tiny_mcsd()
     learner = Learner(model, update="sparse", neuron_fraction=0.2, plastic_layers=1, exploration=0.3)
     first = learner.step(examples).neurons[2]
-    learner.lock(2, first)
+    learner.protect(2, first)
     before = model.mlps[2].up.weight[first].clone()
     for _ in range(5):
         r = learner.step(examples)
