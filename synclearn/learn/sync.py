@@ -40,10 +40,16 @@ import torch
 
 from synclearn.memory.replay import ReplayBatchBuilder, uniform
 from synclearn.model.neurons import neuron_context
+from synclearn.options import AttachOptions
+
+_DEFAULT = AttachOptions()  # the defaults are defined once, in synclearn.options
 
 
 class LearnerHandle:
     """A learner attached to a serving session. Made by :meth:`Learner.attach`.
+
+    The settings and their defaults are :class:`~synclearn.options.AttachOptions`'s fields
+    (``policy``, ``consolidation`` and ``log`` are run-time objects).
 
     Args:
         learner: the Learner.
@@ -66,14 +72,16 @@ class LearnerHandle:
         switch_interval_s: ``sys.setswitchinterval`` while attached (None: leave it alone).
     """
 
-    def __init__(self, learner: Any, session: Any, *, log: Any = None, batch_size: int = 4, replay_ratio: float = 0.5,
-                 policy: Any = uniform, seed: int | None = None, new_repeats: int = 1,
-                 learned_loss: float | None = None, min_gain: float | None = None, learn_threads: int = 1,
-                 idle_only: bool = True,
-                 max_defer_s: float = 2.0, idle_replay: bool = False, poll_s: float = 0.5,
-                 on_error: str = "continue", max_steps: int | None = None, consolidation: Any = None,
-                 consolidate_every: int = 50, yield_to_serving: bool = True,
-                 switch_interval_s: float | None = 0.0005) -> None:
+    def __init__(self, learner: Any, session: Any, *, log: Any = None, policy: Any = uniform, consolidation: Any = None,
+                 batch_size: int = _DEFAULT.batch_size, replay_ratio: float = _DEFAULT.replay_ratio,
+                 seed: int | None = _DEFAULT.seed, new_repeats: int = _DEFAULT.new_repeats,
+                 learned_loss: float | None = _DEFAULT.learned_loss, min_gain: float | None = _DEFAULT.min_gain,
+                 learn_threads: int = _DEFAULT.learn_threads, idle_only: bool = _DEFAULT.idle_only,
+                 max_defer_s: float = _DEFAULT.max_defer_s, idle_replay: bool = _DEFAULT.idle_replay,
+                 poll_s: float = _DEFAULT.poll_s, on_error: str = _DEFAULT.on_error,
+                 max_steps: int | None = _DEFAULT.max_steps, consolidate_every: int = _DEFAULT.consolidate_every,
+                 yield_to_serving: bool = _DEFAULT.yield_to_serving,
+                 switch_interval_s: float | None = _DEFAULT.switch_interval_s) -> None:
         for candidate in (log, session.log, learner.log):
             if candidate is not None:
                 log = candidate
@@ -113,6 +121,7 @@ class LearnerHandle:
         if self._thread.is_alive():
             raise TimeoutError(f"the learner did not stop within {timeout}s")
         self.session.remove_listener(self._listener)
+        self.learner._handle = None
         return self.status()
 
     @property
@@ -211,7 +220,7 @@ class LearnerHandle:
 
     def _learn_batch(self, t0: float) -> str:
         batch = self.builder.next_batch()
-        has_new = self.builder.has_new
+        has_new = bool(self.builder._pending and self.builder._pending[0])
         if not batch or not (has_new or self.idle_replay):
             self._update(waiting_s=time.perf_counter() - t0)
             self._wake.wait(self.poll_s)
