@@ -28,11 +28,13 @@ __all__ = [
     "DEFINITIONS",
     "HalfLifeFit",
     "RetentionCurve",
+    "RetentionFit",
     "accuracy_matrix",
     "average_accuracy",
     "average_forgetting",
     "backward_transfer",
     "fit_half_life",
+    "fit_retention",
     "forgetting_curve",
     "forgetting_per_task",
     "forward_transfer",
@@ -54,6 +56,8 @@ DEFINITIONS: dict[str, str] = {
     "lca": "LCA_beta = 1/(beta+1) sum_{b<=beta} mean_j Z[j, b] (Chaudhry et al. 2019, A-GEM)",
     "online_acc": "mean over the stream of the accuracy on each example before training on it",
     "half_life": "h maximising the Bernoulli likelihood of recall ~ exp(-ln2 * delay / h)",
+    "retention_fit": "recall ~ Bernoulli(a * 2^(-d/h)) or Bernoulli(a * (1 + d)^(-b)), the better likelihood; "
+                     "fit checked by Pearson chi^2 over the delay bins",
 }
 
 
@@ -425,6 +429,204 @@ def fit_half_life(delays: ArrayLike, recalled: ArrayLike) -> HalfLifeFit:
     h = math.log(2.0) / lam
     stderr = h / lam / math.sqrt(info) if info > 0 else math.nan
     return HalfLifeFit(h, stderr, loglik, n, "; ".join(notes))
+
+
+@dataclass(frozen=True)
+class RetentionFit:
+    """A forgetting curve with an initial level and a decay, fitted by maximum likelihood.
+
+    ``model`` is ``"exponential"``, ``r(d) = a * 2^(-d / h)`` (``decay`` = the half-life
+    ``h``), or ``"power"``, ``r(d) = a * (1 + d)^(-b)`` (``decay`` = the exponent ``b``, the
+    shape fact-acquisition studies report). ``a`` in (0, 1] is the recall right after teaching.
+
+    Attributes:
+        model: which curve. level: ``a``. decay: ``h`` or ``b``.
+        log_likelihood: Bernoulli log-likelihood at the estimate. n: observations.
+        chi2, dof, p_value: Pearson goodness of fit over the delay bins (observed recalls
+            against ``n_k * r(d_k)``; ``dof`` = bins - 2); ``nan`` with fewer than 3 bins.
+        alternatives: model name -> log-likelihood of every curve tried.
+        note: why the fit is at a boundary or untestable; empty otherwise.
+    """
+
+    model: str
+    level: float
+    decay: float
+    log_likelihood: float
+    n: int
+    chi2: float
+    dof: int
+    p_value: float
+    alternatives: dict
+    note: str = ""
+
+    def retention(self, delay: ArrayLike) -> np.ndarray:
+        """The fitted curve at ``delay`` (any shape)."""
+        return self.level * _shape(self.model, self.decay, np.asarray(delay, dtype=np.float64))
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the data are consistent with the curve (p >= 0.05); None when untestable."""
+        return None if not math.isfinite(self.p_value) else self.p_value >= 0.05
+
+    def formula(self) -> str:
+        """The fitted curve as text, e.g. ``0.93 * 2^(-d/410)``."""
+        if self.model == "exponential":
+            return f"{self.level:.2g} * 2^(-d/{self.decay:.3g})"
+        return f"{self.level:.2g} * (1+d)^(-{self.decay:.2g})"
+
+
+RETENTION_MODELS = ("exponential", "power")
+
+
+def _shape(model: str, decay: float, d: np.ndarray) -> np.ndarray:
+    if model == "exponential":
+        return np.exp2(-d / decay) if decay > 0 else np.where(d > 0, 0.0, 1.0)
+    return (1.0 + d) ** (-decay) if math.isfinite(decay) else np.where(d > 0, 0.0, 1.0)
+
+
+def _bernoulli_loglik(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, 1e-300, 1.0)
+    with np.errstate(divide="ignore"):
+        failed = np.where(y == 0, np.log1p(-np.minimum(p, 1.0 - 1e-16)), 0.0)
+    return float(np.sum(np.where(y == 1, np.log(p), 0.0) + failed))
+
+
+def _best_level(g: np.ndarray, y: np.ndarray) -> float:
+    """argmax_a of the Bernoulli likelihood of ``y ~ a * g``, a in (0, 1] (concave: bisection)."""
+    k = float(y.sum())
+    if k == 0:
+        return 0.0
+    fail = g[y == 0]
+    if fail.size == 0:
+        return 1.0
+
+    def score(a: float) -> float:  # d loglik / d a, decreasing
+        return k / a - float(np.sum(fail / np.maximum(1.0 - a * fail, 1e-300)))
+
+    hi = 1.0 / float(g.max())
+    if score(min(hi, 1.0) * (1 - 1e-12)) >= 0:
+        return min(hi, 1.0)
+    lo, hi = 0.0, min(hi, 1.0)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if score(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _fit_one(model: str, d: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(level, decay, loglik): profile likelihood over the decay on a log grid, then golden section."""
+    positive = d[d > 0]
+    span = (float(positive.min()), float(d.max())) if positive.size else (1.0, 1.0)
+    if model == "exponential":
+        lo, hi = math.log(span[0] / 100), math.log(span[1] * 1e4)
+    else:
+        lo, hi = math.log(1e-4), math.log(20.0)
+
+    def profile(log_decay: float) -> tuple[float, float]:
+        g = _shape(model, math.exp(log_decay), d)
+        a = _best_level(g, y)
+        return _bernoulli_loglik(a * g, y), a
+
+    grid = np.linspace(lo, hi, 121)
+    values = [profile(x)[0] for x in grid]
+    i = int(np.argmax(values))
+    a_, b_ = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(60):  # golden section on the bracket around the best grid point
+        c, e = b_ - ratio * (b_ - a_), a_ + ratio * (b_ - a_)
+        if profile(c)[0] >= profile(e)[0]:
+            b_ = e
+        else:
+            a_ = c
+    x = (a_ + b_) / 2
+    loglik, level = profile(x)
+    if values[i] > loglik:  # the grid point is (at the boundary) no worse
+        x = grid[i]
+        loglik, level = profile(x)
+    return level, math.exp(x), loglik
+
+
+def _chi2_sf(x: float, dof: int) -> float:
+    """P(X > x) for X ~ chi^2(dof): the regularized upper incomplete gamma Q(dof/2, x/2)."""
+    s, z = dof / 2.0, x / 2.0
+    if z <= 0:
+        return 1.0
+    log_front = s * math.log(z) - z - math.lgamma(s)
+    if z < s + 1:  # series for P(s, z)
+        term = total = 1.0 / s
+        n = s
+        for _ in range(1000):
+            n += 1
+            term *= z / n
+            total += term
+            if term < total * 1e-15:
+                break
+        return max(0.0, 1.0 - total * math.exp(log_front))
+    b, c, dd = z + 1 - s, 1e300, 1 / (z + 1 - s)  # continued fraction for Q(s, z) (modified Lentz)
+    h = dd
+    for i in range(1, 1000):
+        an = -i * (i - s)
+        b += 2
+        dd = an * dd + b
+        dd = 1 / (dd if abs(dd) > 1e-300 else 1e-300)
+        c = b + an / c
+        c = c if abs(c) > 1e-300 else 1e-300
+        h *= dd * c
+        if abs(dd * c - 1) < 1e-15:
+            break
+    return min(1.0, math.exp(log_front) * h)
+
+
+def fit_retention(delays: ArrayLike, recalled: ArrayLike, *, model: str = "auto",
+                  bins: int | ArrayLike | str = "unique") -> RetentionFit:
+    """Fit a forgetting curve with an initial level and a decay to probe outcomes.
+
+    ``recall ~ Bernoulli(r(d))`` with ``r(d) = a * 2^(-d/h)`` (exponential) or
+    ``r(d) = a * (1 + d)^(-b)`` (power law); ``a`` is not forced to 1, so a learner that
+    recalls 60% right after teaching and keeps it is described as level 0.6, slow decay.
+    Both curves have two parameters, so ``model="auto"`` keeps the one with the higher
+    likelihood. The fit is then tested against the binned data (:func:`retention_by_delay`
+    with ``bins``): Pearson chi^2 of observed vs expected recalls per bin, ``dof`` = bins - 2.
+
+    Args:
+        delays: ``[N]`` delay since each fact was taught, ``>= 0``.
+        recalled: ``[N]`` 1/0.
+        model: ``"auto"``, ``"exponential"`` or ``"power"``.
+        bins: the bins of the goodness-of-fit test.
+
+    Returns:
+        ``RetentionFit``.
+    """
+    if model != "auto" and model not in RETENTION_MODELS:
+        raise ValueError(f"model={model!r}; expected 'auto' or one of {RETENTION_MODELS}")
+    d, y = _observations(delays, recalled)
+    notes = []
+    names = RETENTION_MODELS if model == "auto" else (model,)
+    if y.sum() == 0 or y.sum() == y.size:  # boundaries: no decay can be measured
+        level = float(y[0])
+        decay = math.inf if model != "power" else 0.0
+        tried = {m: (level, decay, 0.0) for m in names}
+        notes.append("nothing was recalled: level 0" if level == 0 else "everything was recalled: no decay observed")
+    else:
+        tried = {m: _fit_one(m, d, y) for m in names}
+    best = max(tried, key=lambda m: tried[m][2])
+    level, decay, loglik = tried[best]
+    curve = retention_by_delay(d, y, bins)
+    keep = curve.count > 0
+    n_k, x_k = curve.count[keep], curve.delay[keep]
+    observed = curve.retention[keep] * n_k
+    expected = n_k * level * _shape(best, decay, x_k)
+    var = expected * (1 - expected / n_k)
+    dof = int(keep.sum()) - 2
+    if dof < 1:
+        chi2, p = math.nan, math.nan
+        notes.append(f"{int(keep.sum())} delay bin(s): too few to test the fit")
+    else:
+        chi2 = float(np.sum(np.where(var > 0, (observed - expected) ** 2 / np.maximum(var, 1e-12),
+                                     np.where(np.isclose(observed, expected), 0.0, np.inf))))
+        p = _chi2_sf(chi2, dof) if math.isfinite(chi2) else 0.0
+    return RetentionFit(best, level, decay, loglik, int(d.size), chi2, dof, p,
+                        {m: v[2] for m, v in tried.items()}, "; ".join(notes))
 
 
 def summarize(

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
-from synclearn.eval.metrics import RetentionCurve, accuracy_matrix
+from synclearn.eval.metrics import RetentionCurve, RetentionFit, accuracy_matrix
 
 __all__ = [
+    "fit_label",
     "plot_accuracy_matrix",
     "plot_forgetting_curves",
     "plot_latency",
@@ -28,6 +30,8 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+
+FEW_STEPS = 30  # a latency comparison over fewer learner steps than this says it is weak
 
 
 def _figure(width: float = 6.0, height: float = 4.0) -> Figure:
@@ -93,24 +97,33 @@ def plot_retention_curves(
     curves: Mapping[str, RetentionCurve | tuple[ArrayLike, ArrayLike]],
     path: PathLike,
     *,
+    fits: Mapping[str, RetentionFit] | None = None,
     half_lives: Mapping[str, float] | None = None,
     xlabel: str = "delay since taught",
     title: str = "Retention by delay",
 ) -> Path:
-    """Recall rate against delay, one line per method on one axes.
+    """Recall rate against delay, one line per method on one axes, with the fitted curves.
 
     Args:
         curves: method name -> ``RetentionCurve`` (drawn with standard-error bars)
             or ``(delay [K], retention [K])``.
         path: output PNG.
-        half_lives: method name -> fitted half-life; draws ``exp(-ln2 t / h)`` dashed
-            in the method's colour (skipped when not finite or not positive).
+        fits: method name -> ``metrics.fit_retention`` result; drawn dashed in the method's
+            colour, its formula and goodness of fit (chi^2 p-value) in the legend, and
+            "fit disagrees with the data" there when p < 0.05.
+        half_lives: method name -> fitted half-life (the older one-parameter fit through
+            1.0 at delay 0); draws ``2^(-t / h)`` dotted (skipped when not finite or not
+            positive, or when ``fits`` has the method).
         xlabel: the delay's units.
         title: axes title.
     """
     if not curves:
         raise ValueError("curves is empty; pass at least one method name -> curve")
+    fits = dict(fits or {})
     half_lives = dict(half_lives or {})
+    unknown = sorted(set(fits) - set(curves))
+    if unknown:
+        raise ValueError(f"fits for {unknown} have no curve; curves: {sorted(curves)}")
     fig = _figure()
     ax = fig.add_subplot()
     t_max = 0.0
@@ -126,18 +139,29 @@ def plot_retention_curves(
         line = ax.errorbar(x[keep], y[keep], yerr=None if err is None else err[keep], marker="o",
                            capsize=3, label=name)
         t_max = max(t_max, float(x[keep].max(initial=0.0)))
-        h = half_lives.get(name)
-        if h is not None and np.isfinite(h) and h > 0:
-            t = np.linspace(0.0, max(t_max, 1e-9), 200)
-            ax.plot(t, np.exp(-np.log(2.0) * t / h), linestyle="--", color=line.lines[0].get_color(),
-                    label=f"{name} fit, h = {h:.3g}")
+        t = np.linspace(0.0, max(t_max, 1e-9), 200)
+        color = line.lines[0].get_color()
+        fit, h = fits.get(name), half_lives.get(name)
+        if fit is not None:
+            ax.plot(t, fit.retention(t), linestyle="--", color=color, label=f"{name} fit: {fit_label(fit)}")
+        elif h is not None and np.isfinite(h) and h > 0:
+            ax.plot(t, np.exp2(-t / h), linestyle=":", color=color, label=f"{name} fit 2^(-d/h), h = {h:.3g}")
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction recalled")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7 if fits else None)
     return _save(fig, path)
+
+
+def fit_label(fit: RetentionFit) -> str:
+    """The fit's formula and how well it describes the data, for a legend."""
+    text = fit.formula()
+    if fit.agrees is None:
+        return f"{text} (too few delays to test the fit)"
+    text += f", chi2/dof {fit.chi2:.3g}/{fit.dof}, p = {fit.p_value:.2g}"
+    return text if fit.agrees else text + ": fit disagrees with the data"
 
 
 def plot_forgetting_curves(
@@ -165,6 +189,7 @@ def plot_forgetting_curves(
         x = np.arange(y.size)
         keep = np.isfinite(y)
         ax.plot(x[keep], y[keep], marker="o", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # groups and tasks are counted, not measured
     ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("average forgetting (Chaudhry et al. 2018)")
@@ -203,10 +228,15 @@ def plot_latency(
     path: PathLike,
     *,
     learner_on: ArrayLike | None = None,
+    learner_steps: int | None = None,
     xlabel: str = "time (s)",
     title: str = "Per-token latency while learning",
 ) -> Path:
     """Per-token latency over time, with the spans where the learner ran shaded.
+
+    The title gives the sample counts the comparison rests on: tokens with the learner on
+    and off and, with ``learner_steps``, the learner steps taken while serving (under
+    :data:`FEW_STEPS` it says that the comparison is weak).
 
     Args:
         times: ``[N]`` time of each token (seconds since start).
@@ -214,6 +244,7 @@ def plot_latency(
         path: output PNG.
         learner_on: ``[(start, end), ...]`` in the units of ``times``, or a bool mask
             ``[N]``; the title then gives the median latency with the learner on and off.
+        learner_steps: learner steps committed during the measurement.
         xlabel: x-axis label.
         title: axes title.
     """
@@ -225,7 +256,7 @@ def plot_latency(
         raise ValueError("times and latency_ms must be finite (drop tokens without a measurement)")
     fig = _figure(8.0, 3.5)
     ax = fig.add_subplot()
-    ax.plot(t, ms, linewidth=0.8, marker=".", markersize=2, label="per-token latency")
+    ax.plot(t, ms, linewidth=0.8, marker=".", markersize=2, label=f"per-token latency ({t.size} tokens)")
     if learner_on is not None:
         spans = _intervals(t, learner_on)
         for k, (s, e) in enumerate(spans):
@@ -233,8 +264,12 @@ def plot_latency(
         on = np.zeros(t.size, dtype=bool)
         for s, e in spans:
             on |= (t >= s) & (t <= e)
-        parts = [f"{label} p50 {np.median(ms[sel]):.1f} ms" for label, sel in (("on", on), ("off", ~on)) if sel.any()]
+        parts = [f"{label} p50 {np.median(ms[sel]):.1f} ms over {int(sel.sum())} tokens"
+                 for label, sel in (("on", on), ("off", ~on)) if sel.any()]
         title = f"{title}\n(learner " + ", ".join(parts) + ")"
+    if learner_steps is not None:
+        weak = learner_steps < FEW_STEPS
+        title += f"\n{learner_steps} learner steps while serving" + (": too few for a firm comparison" if weak else "")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("latency per token (ms)")
     ax.set_ylim(bottom=0.0)
@@ -250,7 +285,8 @@ def plot_metric_bars(
     path: PathLike,
     *,
     stds: Mapping[str, ArrayLike] | None = None,
-    title: str = "Metrics per configuration (mean ± std over seeds)",
+    runs: Sequence[int] | None = None,
+    title: str = "Metrics per configuration",
 ) -> Path:
     """One small bar chart per metric, one bar per group, std as error bars.
 
@@ -259,6 +295,8 @@ def plot_metric_bars(
         means: metric name -> ``[G]`` means (``nan`` is drawn as an empty bar).
         path: output PNG.
         stds: metric name -> ``[G]`` standard deviations (optional).
+        runs: ``[G]`` runs (seeds) behind each group; the title then says "mean ± std over
+            N seeds" only where N > 1, and "one run each" otherwise.
         title: figure title.
     """
     if not means:
@@ -283,5 +321,17 @@ def plot_metric_bars(
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[n:]:
         ax.set_visible(False)
-    fig.suptitle(title)
+    fig.suptitle(title + _runs_note(runs, G))
     return _save(fig, path)
+
+
+def _runs_note(runs: Sequence[int] | None, groups: int) -> str:
+    if runs is None:
+        return ""
+    n = [int(r) for r in runs]
+    if len(n) != groups:
+        raise ValueError(f"runs has {len(n)} entries, expected {groups} (one per group)")
+    lo, hi = min(n, default=0), max(n, default=0)
+    if hi <= 1:
+        return " (one run each)"
+    return f" (mean ± std over {hi} seeds)" if lo == hi else f" (mean ± std over {lo}-{hi} seeds)"

@@ -311,7 +311,8 @@ def write_report(root: Path, out: Path | None = None, metrics: Sequence[str] | N
     labels = [" ".join(f"{k}={g.params[k]}" for k in varying) or "all runs" for g in report.groups]
     if main_metrics:
         plot_metric_bars(labels, {m: [g.mean[m] for g in report.groups] for m in main_metrics}, paths["png"],
-                         stds={m: [g.std[m] for g in report.groups] for m in main_metrics})
+                         stds={m: [g.std[m] for g in report.groups] for m in main_metrics},
+                         runs=[len(g.runs) for g in report.groups])
     else:
         del paths["png"]
     return report, paths

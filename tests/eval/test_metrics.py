@@ -176,3 +176,68 @@ def test_half_life_degenerate_data_does_not_crash():
     assert math.isnan(nothing.half_life) and nothing.n == 0
     with pytest.raises(ValueError, match="empty"):
         metrics.fit_half_life([], [])
+
+
+DELAYS = np.repeat([0, 3, 10, 30, 100, 300, 1000], 400)
+
+
+@pytest.mark.parametrize("level, h", [(0.9, 200.0), (0.62, 1500.0)])
+def test_retention_fit_recovers_level_and_half_life(level, h):
+    rng = np.random.default_rng(7)
+    y = rng.random(DELAYS.size) < level * 2.0 ** (-DELAYS / h)
+    fit = metrics.fit_retention(DELAYS, y)
+    assert fit.model == "exponential" and fit.n == DELAYS.size and fit.note == ""
+    assert fit.level == pytest.approx(level, abs=0.04)
+    assert fit.decay == pytest.approx(h, rel=0.3)
+    assert fit.agrees and fit.dof == 5
+    np.testing.assert_allclose(fit.retention([0.0, fit.decay]), [fit.level, fit.level / 2])
+
+
+@pytest.mark.parametrize("level, b", [(0.95, 0.3), (0.7, 0.1)])
+def test_retention_fit_recovers_a_power_law_and_prefers_it(level, b):
+    rng = np.random.default_rng(8)
+    y = rng.random(DELAYS.size) < level * (1.0 + DELAYS) ** (-b)
+    fit = metrics.fit_retention(DELAYS, y)
+    assert fit.model == "power" and fit.alternatives["power"] > fit.alternatives["exponential"]
+    assert fit.level == pytest.approx(level, abs=0.05) and fit.decay == pytest.approx(b, abs=0.04)
+    assert fit.agrees
+    forced = metrics.fit_retention(DELAYS, y, model="exponential")  # the wrong shape is caught
+    assert forced.model == "exponential" and forced.agrees is False and forced.p_value < 1e-3
+
+
+def test_retention_fit_is_not_forced_through_one():
+    # The case of issue 16: 62% recalled at every delay; the old fit read 25% at delay 1000.
+    rng = np.random.default_rng(9)
+    y = rng.random(DELAYS.size) < 0.62
+    fit = metrics.fit_retention(DELAYS, y)
+    assert fit.retention([1000.0])[0] == pytest.approx(0.62, abs=0.04) and fit.agrees
+    old = metrics.fit_half_life(DELAYS, y)
+    assert old.retention([1000.0])[0] < 0.5
+
+
+def test_retention_fit_is_the_likelihood_maximum():
+    d = np.array([0, 1, 2, 4, 8, 16, 32] * 3, dtype=float)
+    y = np.array([1, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 0, 1, 1, 0, 1, 0])
+    fit = metrics.fit_retention(d, y, model="exponential")
+
+    def loglik(a, h):
+        p = a * 2.0 ** (-d / h)
+        return float(np.sum(y * np.log(p) + (1 - y) * np.log1p(-np.minimum(p, 1 - 1e-16))))
+
+    grid = [(a, h) for a in np.linspace(0.3, 1.0, 141) for h in np.geomspace(1, 200, 300)]
+    best = max(grid, key=lambda p: loglik(*p))
+    assert fit.log_likelihood == pytest.approx(loglik(fit.level, fit.decay))
+    assert fit.log_likelihood >= loglik(*best) - 1e-6
+
+
+def test_retention_fit_edge_cases_are_said():
+    everything = metrics.fit_retention([1, 2, 3], [1, 1, 1])
+    assert everything.level == 1.0 and everything.decay == math.inf and "no decay" in everything.note
+    nothing = metrics.fit_retention([1, 2, 3], [0, 0, 0])
+    assert nothing.level == 0.0 and "nothing was recalled" in nothing.note
+    two = metrics.fit_retention([0, 0, 5, 5], [1, 0, 1, 0])
+    assert two.agrees is None and math.isnan(two.p_value) and "too few" in two.note
+    with pytest.raises(ValueError, match="model='gauss'"):
+        metrics.fit_retention([1, 2], [1, 0], model="gauss")
+    with pytest.raises(ValueError, match=r"recalled\[0\] = 2.0"):
+        metrics.fit_retention([1, 2], [2, 0])

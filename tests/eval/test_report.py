@@ -145,3 +145,17 @@ def test_errors_name_the_problem(tmp_path, capsys):
     (bad / ".hydra" / "overrides.yaml").write_text("- justakey\n")
     assert report.main([str(bad)]) == 2
     assert "'justakey' is not of the form key=value" in capsys.readouterr().err
+
+
+def test_report_plot_counts_the_runs_behind_each_bar(multirun, tmp_path, monkeypatch):
+    from synclearn.eval import plots
+
+    calls = []
+    real = plots.plot_metric_bars
+    monkeypatch.setattr(plots, "plot_metric_bars", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    report.write_report(multirun)
+    assert calls[-1]["runs"] == [2, 2] and plots._runs_note(calls[-1]["runs"], 2) == " (mean ± std over 2 seeds)"
+    single = tmp_path / "single"
+    _write_run(single, ["learner.lr=0.1"], {"acc": 0.5})
+    report.write_report(single)
+    assert calls[-1]["runs"] == [1] and plots._runs_note([1], 1) == " (one run each)"
