@@ -75,10 +75,11 @@ def gather_slice(layout: NeuronLayout, layer: int, idx: Tensor) -> PlasticSlice:
 
 def plastic_forward(x: Tensor, layout: NeuronLayout, sl: PlasticSlice) -> Tensor:
     """The layer's output with ``sl``'s neurons computed from the leaves. x: [..., D] -> [..., D]."""
-    h = layout.act(*(F.linear(x, w.detach()) for w in layout.in_weights))  # [..., d_ff], frozen path
+    pre = (F.linear(x, w.detach(), layout.in_bias(j)) for j, w in enumerate(layout.in_weights))
+    h = layout.act(*pre)  # [..., d_ff], frozen path
     h = h.index_fill(-1, sl.idx, 0.0)
-    h_sel = layout.act(*(F.linear(x, r) for r in sl.rows))  # [..., k]
-    return F.linear(h, layout.out_weight.detach()) + F.linear(h_sel, sl.col)
+    h_sel = layout.act(*(F.linear(x, r, layout.in_bias(j, sl.idx)) for j, r in enumerate(sl.rows)))  # [..., k]
+    return F.linear(h, layout.out_weight.detach(), layout.out_bias) + F.linear(h_sel, sl.col)
 
 
 @torch.no_grad()

@@ -99,11 +99,24 @@ class NeuronLayout:
             (squared-ReLU MLP: (up,); Llama-style: (gate, up)).
         out_weight: [D, d_ff]; column i belongs to neuron i.
         act: maps the pre-activations (one [..., k] tensor per input matrix) to h [..., k].
+        in_biases: optional, one [d_ff] bias (or None) per input matrix; entry i belongs to
+            neuron i's pre-activation (GPT-2, GPT-NeoX). Learners keep biases fixed.
+        out_bias: optional [D] bias added to the output (shared by all neurons; fixed).
+
+    Weights may be views (a transposed Conv1D weight, half of a fused gate-up matrix):
+    ``index_select`` reads and ``index_copy_`` writes reach the module's own parameters.
     """
 
     in_weights: tuple[Tensor, ...]
     out_weight: Tensor
     act: Callable[..., Tensor]
+    in_biases: tuple[Tensor | None, ...] = ()
+    out_bias: Tensor | None = None
+
+    def in_bias(self, j: int, idx: Tensor | None = None) -> Tensor | None:
+        """The bias of input matrix ``j`` ([d_ff], or only entries ``idx``), or None."""
+        b = self.in_biases[j] if j < len(self.in_biases) else None
+        return b if b is None or idx is None else b.index_select(0, idx.to(b.device))
 
     @property
     def d_ff(self) -> int:
@@ -111,8 +124,8 @@ class NeuronLayout:
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Dense evaluation: (output [..., D], activations h [..., d_ff])."""
-        h = self.act(*(F.linear(x, w) for w in self.in_weights))
-        return F.linear(h, self.out_weight), h
+        h = self.act(*(F.linear(x, w, self.in_bias(j)) for j, w in enumerate(self.in_weights)))
+        return F.linear(h, self.out_weight, self.out_bias), h
 
 
 MLPOverride = Callable[[Tensor], Tensor]
