@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_model as st_load_model
-from safetensors.torch import save_model as st_save_model
+from safetensors.torch import load_file as st_load_file
+from safetensors.torch import save_file as st_save_file
 
 from synclearn.model.config import NAMED_CONFIGS, MCSDConfig, named_config
 from synclearn.model.mcsd import MCSDLM
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+FORMAT_VERSION = 2
+_NEURON_MAJOR = ".mlp.down.weight"  # stored as [d_ff, D] from format 2 on
 RANDOM_SUFFIX = "-random"  # "<size>-random": a fresh initialization of a named size
 
 
@@ -44,8 +46,15 @@ def save_model(model: MCSDLM, path: str | os.PathLike) -> Path:
     """Write ``model`` to directory ``path`` atomically (temp dir + rename per file)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = {"model_type": "mcsd", **model.config.to_dict(), "dtype": str(model.dtype).removeprefix("torch.")}
-    atomic_write(path / WEIGHTS_FILE, lambda tmp: st_save_model(model, tmp))
+    config = {"model_type": "mcsd", "format_version": FORMAT_VERSION, **model.config.to_dict(),
+              "dtype": str(model.dtype).removeprefix("torch.")}
+    tensors = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_embeddings:
+            continue  # the tied head is the embedding
+        t = t.detach()
+        tensors[name] = (t.t() if name.endswith(_NEURON_MAJOR) else t).contiguous()
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: st_save_file(tensors, tmp))
     atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return path
 
@@ -127,11 +136,23 @@ def load_model(
 
         return load_hf_model(path, dtype=dtype, device=device)
     saved_dtype = getattr(torch, data.pop("dtype", "float32"))
+    version = data.pop("format_version", 1)
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(f"checkpoint {path} has format_version={version!r}; this synclearn reads 1 and {FORMAT_VERSION}")
     config = MCSDConfig.from_dict({**data, **overrides})
     model = build_model(config, dtype=saved_dtype)
-    missing, unexpected = st_load_model(model, str(path / WEIGHTS_FILE), strict=False)
-    if unexpected or [m for m in missing if m != "lm_head.weight" or not config.tie_embeddings]:
-        raise ValueError(f"checkpoint {path} does not match its config: missing {missing}, unexpected {unexpected}")
+    tensors = st_load_file(str(path / WEIGHTS_FILE))
+    if version >= 2:  # neuron-major on disk -> the logical [D, d_ff]
+        tensors = {k: (v.t() if k.endswith(_NEURON_MAJOR) else v) for k, v in tensors.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors and not (k == "lm_head.weight" and config.tie_embeddings)]
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in tensors.items()
+             if k in expected and v.shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"checkpoint {path} does not match its config: missing {missing}, unexpected {unexpected}, "
+                         f"wrong shapes {wrong}")
+    model.load_state_dict(tensors, strict=False)  # copies into the neuron-major parameters
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)
     return model.eval()

@@ -1,7 +1,13 @@
 """The selectable-neuron MLP: brain-like activation with real zeros.
 
 Neuron i of a layer is row i of ``up.weight`` [d_ff, D] and column i of ``down.weight``
-[D, d_ff]. The activation is squared ReLU, h = relu(x W_up^T)^2, so an input really
+[D, d_ff]. Storage is neuron-major (as in PowerInfer / LLM-in-a-Flash bundles): ``down.weight``
+is the transposed view of a contiguous [d_ff, D] tensor, so neuron i's input row and output
+row are each one contiguous run of D numbers and gathering k neurons is two contiguous
+``index_select`` calls. The logical shapes (and ``nn.Linear`` modules, so peft LoRA attaches)
+are unchanged; :meth:`SelectableMLP.neuron_rows` gives the [d_ff, D] views.
+
+The activation is squared ReLU, h = relu(x W_up^T)^2, so an input really
 switches most neurons off (exact zeros), and a neuron that is off contributes nothing
 to the output and receives no gradient.
 
@@ -122,6 +128,11 @@ class NeuronLayout:
     def d_ff(self) -> int:
         return self.out_weight.shape[1]
 
+    @property
+    def out_rows(self) -> Tensor:
+        """``out_weight`` as [d_ff, D] (a view; contiguous when the storage is neuron-major)."""
+        return self.out_weight.t()
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Dense evaluation: (output [..., D], activations h [..., d_ff])."""
         h = self.act(*(F.linear(x, w, self.in_bias(j)) for j, w in enumerate(self.in_weights)))
@@ -212,10 +223,18 @@ class SelectableMLP(nn.Module):
         self.d_model, self.d_ff, self.layer_index = d_model, d_ff, layer_index
         self.up = nn.Linear(d_model, d_ff, bias=False)
         self.down = nn.Linear(d_ff, d_model, bias=False)
+        with torch.no_grad():  # neuron-major: [D, d_ff] logical shape over [d_ff, D] storage
+            rows = torch.empty(d_ff, d_model, dtype=self.down.weight.dtype)
+            rows.copy_(self.down.weight.t())
+            self.down.weight = nn.Parameter(rows.t())
         self.predictor = LowRankPredictor(d_model, predictor_rank, d_ff) if predictor_rank else None
 
     def layout(self) -> NeuronLayout:
         return NeuronLayout((self.up.weight,), self.down.weight, squared_relu)
+
+    def neuron_rows(self) -> tuple[Tensor, Tensor]:
+        """(up [d_ff, D], down rows [d_ff, D]): neuron i is row i of both (views, contiguous)."""
+        return self.up.weight, self.down.weight.t()
 
     def forward(self, x: Tensor, *, sparse: SparseSpec | None = None, trace: NeuronTrace | None = None) -> Tensor:
         """x: [..., D] -> [..., D]. ``sparse`` picks the sparse path; ``trace`` records activity
