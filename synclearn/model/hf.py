@@ -3,156 +3,140 @@
 :class:`HFCausalLM` wraps a ``transformers`` causal LM loaded from a local directory (nothing
 is downloaded) so that the learner, generation and chat treat it like an MCSD model:
 
-* ``model(ids)``, ``prefill(ids, state)``, ``step(ids_t, state)``, ``init_state(batch)``; the
-  state is the KV cache (it grows with the context, unlike MCSD's);
-* ``neuron_layouts()``: Llama-style MLPs (``gate_proj``/``up_proj``/``down_proj``) define the
-  neurons -- row i of gate and up, column i of down -- so sparse in-place learning works;
-* each MLP honours :func:`synclearn.model.neurons.neuron_context` (trace and overrides).
+* ``model(ids)``, ``prefill(ids, state)``, ``step(ids_t, state)``, ``init_state(batch)``;
+* decoding states are values (:class:`HFState`): stepping twice from one state gives the same
+  logits, and a state stays valid whatever is computed from it later. A state is a position
+  in a KV cache that only grows by concatenation (transformers' DynamicCache never writes
+  into the tensors it holds); the state at the cache's end extends it in place, any other
+  state first forks a copy cut back to its own length (copy-on-write, once per branch);
+* ``neuron_layouts()``: one layout per MLP unit, found from the module structure
+  (:mod:`synclearn.model.hf_layouts`: gated, fused gate-up, plain two-layer, experts);
+  ``lora_targets``: the model's own projection names;
+* every MLP honours :func:`synclearn.model.neurons.neuron_context` (trace and overrides).
 
-The tokenizer is the directory's own when it has one (``AutoTokenizer``), else the byte
-tokenizer (for tiny test models with ``vocab_size >= 263``).
+The tokenizer is the directory's own (:class:`~synclearn.model.hf_tokenizer.HFTokenizer`, with
+its chat template), else the byte tokenizer -- which needs a vocabulary of at least 263 ids;
+a model whose vocabulary fits neither is refused at load.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import types
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from synclearn.model.neurons import NeuronLayout, consult_context
+from synclearn.model.hf_layouts import MLPUnit, find_units, install, lora_targets
+from synclearn.model.hf_tokenizer import HFStreamDecoder, HFTokenizer, template_ids
+from synclearn.model.neurons import NeuronLayout
 from synclearn.model.tokenizer import ByteTokenizer
 
+__all__ = ["HFCausalLM", "HFState", "HFStreamDecoder", "HFTokenizer", "load_hf_model", "template_ids"]
 
-@dataclass
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+
+class _Timeline:
+    """A KV cache shared by the states along one branch; ``lock`` serializes extending it."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache, self.lock = cache, threading.Lock()
+
+
+def _layer_tensors(cache: Any) -> list[tuple[Tensor, Tensor]]:
+    """Per layer (keys, values) [B, H, T, d] of a DynamicCache (transformers 5.x or 4.x)."""
+    if hasattr(cache, "layers"):
+        return [(l.keys, l.values) for l in cache.layers if getattr(l, "keys", None) is not None
+                and l.keys.numel() > 0]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _cache_length(cache: Any) -> int:
+    return int(cache.get_seq_length())
+
+
+def _fork(cache: Any, length: int) -> Any:
+    """A new DynamicCache holding the first ``length`` positions of ``cache`` (copied)."""
+    from transformers import DynamicCache
+
+    new = DynamicCache()
+    if length > 0:
+        for i, (k, v) in enumerate(_layer_tensors(cache)):
+            new.update(k[..., :length, :].clone(), v[..., :length, :].clone(), i)
+    return new
+
+
+@dataclass(frozen=True)
 class HFState:
-    """Decoding state of a HF model: its KV cache and the tokens consumed per sequence."""
+    """Decoding state of a HF model: a position on a KV-cache timeline.
 
-    cache: Any
+    Attributes:
+        timeline: the cache (shared with the states before and after this one on its branch).
+        length: cached positions this state covers.
+        pos: [B] tokens consumed per sequence.
+    """
+
+    timeline: _Timeline = field(repr=False)
+    length: int
     pos: Tensor
+
+    @property
+    def cache(self) -> Any:
+        return self.timeline.cache
 
     @property
     def batch_size(self) -> int:
         return self.pos.shape[0]
 
     def nbytes(self) -> int:
+        """Bytes of this state's share of the cache (``length`` positions)."""
         total = 0
-        for layer in getattr(self.cache, "layers", []):
-            for name in ("keys", "values"):
-                t = getattr(layer, name, None)
-                if isinstance(t, Tensor):
-                    total += t.numel() * t.element_size()
+        for k, v in _layer_tensors(self.timeline.cache):
+            for t in (k, v):
+                per_position = t.numel() // max(1, t.shape[-2]) * t.element_size()
+                total += per_position * min(self.length, t.shape[-2])
         return total
 
 
-class HFTokenizer:
-    """A HF tokenizer with the byte tokenizer's surface (encode/decode/chat/turn/stream)."""
-
-    def __init__(self, tok: Any) -> None:
-        self.tok = tok
-        self.END = tok.eos_token_id
-        self.EOS = tok.eos_token_id
-
-    @property
-    def stop_ids(self) -> frozenset[int]:
-        return frozenset(i for i in (self.tok.eos_token_id,) if i is not None)
-
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects str, got {type(text).__name__}")
-        ids = self.tok.encode(text, add_special_tokens=False)
-        if bos and self.tok.bos_token_id is not None:
-            ids = [self.tok.bos_token_id, *ids]
-        return ids + ([self.EOS] if eos and self.EOS is not None else [])
-
-    def decode(self, ids, *, show_special: bool = False) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=not show_special)
-
-    def chat(self, messages, *, add_generation_prompt: bool = True) -> list[int]:
-        if getattr(self.tok, "chat_template", None):
-            return list(self.tok.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True))
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + ("assistant: " if add_generation_prompt else "")
-        return self.encode(text)
-
-    def turn(self, prompt: str, response: str | None = None) -> tuple[list[int], list[int]]:
-        p = self.chat([{"role": "user", "content": prompt}])
-        r = [] if response is None else [*self.encode(response), *([self.END] if self.END is not None else [])]
-        return p, r
-
-    def stream_decoder(self) -> "_HFStreamDecoder":
-        return _HFStreamDecoder(self)
-
-
-class _HFStreamDecoder:
-    """Decodes the running id list and releases the new complete text."""
-
-    def __init__(self, tok: HFTokenizer) -> None:
-        self.tok, self.ids, self.sent = tok, [], 0
-
-    def feed(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        out, self.sent = text[self.sent :], len(text)
-        return out
-
-    def flush(self) -> str:
-        text = self.tok.decode(self.ids)
-        out, self.sent = text[self.sent :], len(text)
-        return out
-
-
-def _gated_mlp_forward(self: nn.Module, x: Tensor) -> Tensor:
-    """Replacement forward for a Llama-style MLP that honours the neuron context."""
-    override, trace = consult_context(self.layer_index)
-    if override is not None:
-        return override(x)
-    if trace is not None:
-        out, h = self.synclearn_layout().forward(x)
-        trace.record(self.layer_index, h)
-        return out
-    return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-
-
-def _gated_layout(self: nn.Module) -> NeuronLayout:
-    act = self.act_fn
-    return NeuronLayout((self.gate_proj.weight, self.up_proj.weight), self.down_proj.weight, lambda g, u: act(g) * u)
-
-
 class HFCausalLM(nn.Module):
-    """A HF causal LM with the stateful-LM and neuron-layout surface (see module docstring)."""
+    """A HF causal LM with the stateful-LM and neuron-layout surface (see module docstring).
 
-    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    Args:
+        hf_model: a transformers causal LM.
+        tokenizer: an :class:`HFTokenizer` (or any tokenizer with that surface); None: bytes.
+
+    Raises:
+        ValueError: an MLP without a known layout (naming the module), or a tokenizer whose
+            ids do not fit the model's vocabulary.
+    """
 
     def __init__(self, hf_model: nn.Module, tokenizer: Any = None) -> None:
         super().__init__()
         self.hf = hf_model
         self.config = hf_model.config
-        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
-        layers = getattr(getattr(hf_model, "model", None), "layers", None)
-        if layers is None:
-            raise ValueError(f"{type(hf_model).__name__} has no model.layers; expected a Llama-style decoder")
+        vocab = hf_model.get_input_embeddings().num_embeddings
+        if tokenizer is None:
+            if vocab < ByteTokenizer.size:
+                raise ValueError(f"{type(hf_model).__name__} has no tokenizer and a vocabulary of {vocab} ids, fewer than "
+                                 f"the byte tokenizer's {ByteTokenizer.size}; save the model's tokenizer beside it "
+                                 "(tokenizer.save_pretrained(model_dir))")
+            tokenizer = ByteTokenizer()
+        size = getattr(tokenizer, "size", None)
+        if isinstance(size, int) and size > vocab:
+            raise ValueError(f"the tokenizer has {size} ids but {type(hf_model).__name__}'s vocabulary only {vocab}; "
+                             "they do not belong together")
+        self.tokenizer = tokenizer
         # transformers renamed past_key_values to cache (5.x); accept either.
         params = inspect.signature(type(hf_model).forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._mlps = []
-        for i, layer in enumerate(layers):
-            mlp = getattr(layer, "mlp", None)
-            if mlp is None or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-                raise ValueError(
-                    f"layer {i} of {type(hf_model).__name__} has no Llama-style MLP "
-                    "(gate_proj/up_proj/down_proj/act_fn); sparse learning needs one"
-                )
-            mlp.layer_index = i
-            mlp.forward = types.MethodType(_gated_mlp_forward, mlp)
-            mlp.synclearn_layout = types.MethodType(_gated_layout, mlp)
-            self._mlps.append(mlp)
+        self._units: list[MLPUnit] = find_units(hf_model)
+        install(self._units)
+        self.lora_targets = lora_targets(hf_model)
 
     @property
     def device(self) -> torch.device:
@@ -164,10 +148,21 @@ class HFCausalLM(nn.Module):
 
     @property
     def mlps(self) -> list[nn.Module]:
-        return list(self._mlps)
+        """The module of each neuron unit (an experts module appears once per expert)."""
+        return [u.module for u in self._units]
+
+    @property
+    def neuron_families(self) -> list[str]:
+        """Per neuron unit: "gated", "fused_gated", "plain" or "expert"."""
+        return [u.family for u in self._units]
+
+    @property
+    def neuron_layer_names(self) -> list[str]:
+        """Per neuron unit: its module's name (experts: ``...experts.<e>``)."""
+        return [u.path for u in self._units]
 
     def neuron_layouts(self) -> list[NeuronLayout]:
-        return [m.synclearn_layout() for m in self._mlps]
+        return [u.layout() for u in self._units]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -179,14 +174,27 @@ class HFCausalLM(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> HFState:
         from transformers import DynamicCache
 
-        return HFState(DynamicCache(), torch.zeros(batch_size, dtype=torch.long, device=device or self.device))
+        return HFState(_Timeline(DynamicCache()), 0, torch.zeros(batch_size, dtype=torch.long,
+                                                                   device=device or self.device))
 
     def prefill(self, ids: Tensor, state: HFState | None = None, **_: Any) -> tuple[Tensor, HFState]:
+        """ids [B, T] after ``state`` -> (logits [B, T, V], the state after them). ``state`` is
+        left as it was."""
         state = state if state is not None else self.init_state(ids.shape[0])
-        out = self.hf(input_ids=ids, **{self._cache_arg: state.cache}, use_cache=True)
-        return out.logits, HFState(getattr(out, self._cache_arg), state.pos + ids.shape[1])
+        with state.timeline.lock:  # check and extend at once: two branches never share an end
+            timeline = state.timeline
+            if _cache_length(timeline.cache) != state.length:  # a later state exists: branch off
+                timeline = _Timeline(_fork(timeline.cache, state.length))
+            out = self.hf(input_ids=ids, **{self._cache_arg: timeline.cache}, use_cache=True)
+            cache = getattr(out, self._cache_arg, None)
+            cache = timeline.cache if cache is None else cache
+            if cache is not timeline.cache:
+                timeline = _Timeline(cache)
+            length = _cache_length(cache)
+        return out.logits, HFState(timeline, length, state.pos + ids.shape[1])
 
     def step(self, ids_t: Tensor, state: HFState, **_: Any) -> tuple[Tensor, HFState]:
+        """ids_t [B] -> (logits [B, V], the next state)."""
         logits, state = self.prefill(ids_t[:, None], state)
         return logits[:, -1], state
 
@@ -196,8 +204,16 @@ class HFCausalLM(nn.Module):
         return generate(self, prompt, **kwargs)
 
 
+def _extra_stop_ids(model: nn.Module) -> list[int]:
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if eos is None:
+        return []
+    return [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
 def load_hf_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: Any = None) -> HFCausalLM:
-    """Load a causal LM from a local directory (``local_files_only``); never downloads."""
+    """Load a causal LM and its tokenizer from a local directory (``local_files_only``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -205,6 +221,6 @@ def load_hf_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None, 
     if device is not None:
         model = model.to(device)
     tokenizer = None
-    if any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    if any((path / f).exists() for f in TOKENIZER_FILES):
+        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True), _extra_stop_ids(model))
     return HFCausalLM(model.eval(), tokenizer).eval()
