@@ -6,7 +6,7 @@ and the question/answer patterns. This trains an MCSD model on the built-in chat
 text) with Lightning Fabric, and caches the result:
 
     model = pretrained_model("mcsd-chat")          # trains on first use, then loads
-    python -m synclearn.learn.pretrain steps=2000   # or `synclearn pretrain ...`: Hydra overrides
+    python -m synclearn.learn.pretrain model.steps=2000   # or `synclearn pretrain ...`: Hydra overrides
 
 The cache key is a hash of the :class:`PretrainConfig` (model shape, data, optimization,
 precision, devices): change any of them and a new model is trained; ask again with the same
@@ -18,9 +18,10 @@ checkpoint (``config.json`` + ``model.safetensors``), Fabric's training checkpoi
 last, so an entry without it is unfinished. A file lock makes concurrent runs with the same
 key (a parallel sweep) train once.
 
-The Fabric script follows setup -> main -> fit: ``Fabric(accelerator, devices, precision,
-strategy)`` from the config; with several devices the strategy is DDP or FSDP (``strategy``),
-each rank reading its own share of the windows.
+Training is the Fabric script of :mod:`synclearn.learn.pretrain_fabric` (setup -> main -> fit):
+one process, or several with DDP (gloo on CPU, NCCL on CUDA) or FSDP (CUDA; bases that do not
+fit one device), e.g. ``synclearn pretrain model.devices=2 model.strategy=ddp``; only rank 0
+takes the lock and writes the entry, the ranks agree on the data and split every global batch.
 """
 
 from __future__ import annotations
@@ -29,24 +30,22 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from synclearn.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, build_model, load_model, save_model
+from synclearn.model.checkpoint import load_model
 from synclearn.model.config import NAMED_CONFIGS, MCSDConfig, named_config
 
 DATA_VERSION = 2  # bump when synclearn.data.chat_mix changes what it generates: old caches go stale
 META_FILE = "pretrain.json"
 _PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
-_STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "single_device")
+_STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass
@@ -62,8 +61,12 @@ class PretrainConfig:
         fact_share, smalltalk_share, world_share, n_world, recall_share: the mix (see
             :func:`synclearn.data.chat_mix.chat_mix`).
         seed: initialization and data seed.
-        accelerator: "cpu", "cuda", "auto", ... devices: how many. precision: Fabric precision
-        ("32-true", "bf16-mixed", ...). strategy: "auto", "ddp", "fsdp", ...
+        accelerator: "cpu", "cuda", "auto", ... devices: processes per node (each with one
+            device: a GPU, or a share of the CPU cores). num_nodes: machines (left out of the key
+            while 1, so caches made before it existed stay valid). precision: Fabric precision
+            ("32-true", "bf16-mixed", ...). strategy: "auto" or "ddp" (DDP: gloo on CPU, NCCL on
+            CUDA) or "fsdp" (sharded, for bases that do not fit one device); used when
+            devices * num_nodes > 1. The global batch is ``batch_size * devices * num_nodes``.
     """
 
     name: str = "mcsd-chat"
@@ -85,6 +88,7 @@ class PretrainConfig:
     devices: int = 1
     precision: str = "32-true"
     strategy: str = "auto"
+    num_nodes: int = 1
 
     def __post_init__(self) -> None:
         self.overrides = dict(self.overrides or {})
@@ -97,7 +101,7 @@ class PretrainConfig:
                 self.model_config()
             except ValueError as err:
                 bad.append(f"overrides={self.overrides!r}: {err}")
-        for key in ("steps", "batch_size", "seq_len", "devices"):
+        for key in ("steps", "batch_size", "seq_len", "devices", "num_nodes"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 bad.append(f"{key}={value!r} (expected a positive integer)")
@@ -108,6 +112,9 @@ class PretrainConfig:
             bad.append(f"precision={self.precision!r} (expected one of {_PRECISIONS})")
         if self.strategy not in _STRATEGIES:
             bad.append(f"strategy={self.strategy!r} (expected one of {_STRATEGIES})")
+        elif self.strategy == "fsdp" and self.accelerator == "cpu":
+            bad.append("strategy='fsdp' with accelerator='cpu' (Fabric's FSDP runs on CUDA devices only: "
+                       "accelerator=cuda, or strategy=ddp on CPU)")
         if bad:
             raise ValueError("invalid PretrainConfig: " + "; ".join(bad))
 
@@ -116,7 +123,10 @@ class PretrainConfig:
 
     def key(self) -> str:
         """The cache key: a hash of every field and of the data version."""
-        blob = json.dumps({"data_version": DATA_VERSION, **dataclasses.asdict(self),
+        fields = dataclasses.asdict(self)
+        if fields["num_nodes"] == 1:
+            del fields["num_nodes"]
+        blob = json.dumps({"data_version": DATA_VERSION, **fields,
                            "model": self.model_config().to_dict()}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -205,122 +215,73 @@ def pretrained_model(name: str = "mcsd-chat", *, cache_dir: str | None = None, f
 
 def ensure_pretrained(config: PretrainConfig, *, cache_dir: str | os.PathLike | None = None, force: bool = False,
                       progress: bool = True) -> tuple[Path, bool]:
-    """The cache entry of ``config`` (trained now if missing); returns (path, trained_now)."""
+    """The cache entry of ``config`` (trained now if missing); returns (path, trained_now).
+
+    With several processes only rank 0 takes the file lock, decides and writes; a process that
+    Fabric started for this pretraining trains along and then exits (SystemExit(0)): it was
+    started by running the whole command line again, and the rest of that program is rank 0's.
+    """
+    from synclearn.learn import pretrain_fabric as dist
+
     root = cache_root(cache_dir)
     path = root / config.key()
-    if (path / META_FILE).is_file() and not force:
+    complete = (path / META_FILE).is_file() and not force
+    if dist.is_launched_child(config):
+        dist.run(config, None, progress=False)
+        raise SystemExit(0)
+    if not dist.is_rank_zero(config):  # an external launcher (torchrun, srun) started every rank
+        if not complete:
+            pretrain(config, None, progress=False)
+        return path, not complete
+    if complete:
         return path, False
+    if dist.world_of(config) > 1:
+        refuse_inside_multirun(config)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{config.key()}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run with the same key waits, then reuses
         if (path / META_FILE).is_file() and not force:
             return path, False
-        print(f"{display_name(config)} is not in the cache yet: pretraining it now ({config.steps} steps; "
-              f"cached under {path} for next time)", file=sys.stderr, flush=True)
+        print(f"{display_name(config)} is not in the cache yet: pretraining it now ({config.steps} steps on "
+              f"{dist.world_of(config)} process(es); cached under {path} for next time)", file=sys.stderr, flush=True)
         tmp = root / f".{config.key()}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        meta = pretrain(config, tmp, progress=progress)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+
+        def commit() -> None:
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+
+        try:
+            meta = pretrain(config, tmp, progress=progress, commit=commit)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         print(f"pretrained {config.name} ({meta['parameters'] / 1e6:.2f}M parameters, {config.steps} steps) in "
               f"{meta['seconds']:.0f}s: loss {meta['first_loss']:.3f} -> {meta['last_loss']:.3f}; cached at {path}")
     return path, True
 
 
-# -- the Fabric script: setup -> main -> fit ------------------------------------------------------
+def refuse_inside_multirun(config: PretrainConfig) -> None:
+    """Fabric's launcher re-runs the command line for each rank; inside a Hydra multirun that
+    would re-run the whole sweep in every rank, so say how to do it instead."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ValueError(f"model.devices={config.devices} (multi-process pretraining) cannot start inside a sweep: "
+                         "pretrain the base first (synclearn pretrain model.devices=... model.strategy=...), "
+                         "then sweep with the same model settings, which load it from the cache")
 
 
-def setup(config: PretrainConfig):
-    """Fabric from the config (DDP/FSDP only when there are several devices)."""
-    from lightning.fabric import Fabric
+def pretrain(config: PretrainConfig, out_dir: str | os.PathLike | None, *, progress: bool = True,
+             commit: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train ``config`` into ``out_dir`` (rank 0; None on the other ranks) with Lightning Fabric
+    (:mod:`synclearn.learn.pretrain_fabric`); returns what ``pretrain.json`` records."""
+    from synclearn.learn import pretrain_fabric
 
-    strategy = config.strategy if config.devices > 1 else "auto"
-    fabric = Fabric(accelerator=config.accelerator, devices=config.devices, precision=config.precision,
-                    strategy=strategy)
-    fabric.launch()
-    return fabric
-
-
-def pretrain(config: PretrainConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
-    """Train ``config`` into ``out_dir``; returns what ``pretrain.json`` records."""
-    fabric = setup(config)
-    return main(fabric, config, Path(out_dir), progress=progress)
-
-
-def main(fabric: Any, config: PretrainConfig, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    from synclearn.data.chat_mix import chat_mix
-
-    t0 = time.perf_counter()
-    fabric.seed_everything(config.seed, verbose=False)
-    model_config = config.model_config()
-    model = build_model(model_config, seed=config.seed)
-    model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
-    model, optimizer = fabric.setup(model, optimizer)
-    window = config.seq_len + 1
-    per_step = config.batch_size * fabric.world_size
-    data = chat_mix(config.steps * per_step * window, seed=config.seed, fact_share=config.fact_share,
-                    smalltalk_share=config.smalltalk_share, world_share=config.world_share,
-                    n_world=config.n_world, recall_share=config.recall_share)
-    losses = fit(fabric, model, optimizer, data, config, progress=progress)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fabric.save(out_dir / "fabric.ckpt", {"model": model, "step": config.steps})
-    fabric.barrier()
-    meta: dict[str, Any] = {}
-    if fabric.global_rank == 0:
-        state = torch.load(out_dir / "fabric.ckpt", map_location="cpu", weights_only=True)["model"]
-        plain = build_model(model_config)
-        plain.load_state_dict(state)
-        save_model(plain, out_dir)
-        n = max(1, len(losses) // 20)
-        meta = {"key": config.key(), "config": dataclasses.asdict(config), "model": model_config.to_dict(),
-                "parameters": plain.num_parameters(), "seconds": time.perf_counter() - t0,
-                "tokens": config.steps * per_step * config.seq_len, "first_loss": sum(losses[:n]) / n,
-                "last_loss": sum(losses[-n:]) / n, "losses": losses[:: max(1, len(losses) // 200)],
-                "data_version": DATA_VERSION, "created_at": time.time()}
-        assert (out_dir / CONFIG_FILE).is_file() and (out_dir / WEIGHTS_FILE).is_file()
-        (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-    fabric.barrier()
-    return meta
-
-
-def fit(fabric: Any, model: Any, optimizer: Any, data: torch.Tensor, config: PretrainConfig, *,
-        progress: bool = True) -> list[float]:
-    """AdamW over consecutive windows of ``data`` (each rank its own), one-cycle schedule."""
-    from tqdm.auto import tqdm
-
-    window, rank, world = config.seq_len + 1, fabric.global_rank, fabric.world_size
-    warm = max(1, int(config.warmup * config.steps))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return config.lr * (step + 1) / warm
-        return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, config.steps - warm)))
-
-    losses: list[float] = []
-    bar = tqdm(range(config.steps), desc="pretrain", disable=not progress or rank != 0, mininterval=1.0)
-    for step in bar:
-        start = (step * world + rank) * config.batch_size * window
-        batch = data[start : start + config.batch_size * window].view(config.batch_size, window)  # [B, T+1]
-        batch = batch.to(fabric.device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        logits = model(batch[:, :-1])  # [B, T, V]
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        fabric.backward(loss)
-        if config.clip_norm:
-            fabric.clip_gradients(model, optimizer, max_norm=config.clip_norm)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    return losses
+    return pretrain_fabric.run(config, None if out_dir is None else Path(out_dir), progress=progress, commit=commit)
 
 
 def cli_main(argv: list[str] | None = None) -> int:

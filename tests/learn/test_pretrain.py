@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +150,110 @@ def test_load_model_mcsd_chat_is_the_pretrained_base_hydra_means(tmp_path, monke
     assert not base.pretrain_info["trained_now"]
     for x, y, z in zip(base.parameters(), hydra_base.parameters(), custom.parameters()):
         assert torch.equal(x, y) and torch.equal(x, z)
+
+
+# -- several processes -----------------------------------------------------------------------------
+
+SHAPE = {"d_model": 32, "n_layers": 2, "n_channels": 4, "d_ff": 64, "predictor_rank": 0, "chunk_size": 16}
+DIST = dict(overrides=SHAPE, steps=6, seq_len=32, lr=1e-2)
+
+
+def pretrain_in_processes(cache: Path, *, devices: int, strategy: str, batch_size: int, accelerator: str = "cpu"):
+    """``python -m synclearn.learn.pretrain`` as a user runs it (Fabric's launcher re-runs this
+    command line for the other ranks, so it cannot run inside pytest's process)."""
+    shape = "{" + ", ".join(f"{k}: {v}" for k, v in SHAPE.items()) + "}"
+    args = [sys.executable, "-m", "synclearn.learn.pretrain", f"model.cache_dir={cache}", f"model.devices={devices}",
+            f"model.strategy={strategy}", f"model.accelerator={accelerator}", f"model.steps={DIST['steps']}",
+            f"model.batch_size={batch_size}", f"model.seq_len={DIST['seq_len']}", f"model.lr={DIST['lr']}",
+            "progress=false", f"model.overrides={shape}"]
+    return subprocess.run(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+
+
+def only_entry(cache: Path) -> Path:
+    entries = [p for p in (cache / "pretrained").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1, entries
+    assert not [p for p in (cache / "pretrained").iterdir() if ".tmp-" in p.name]
+    return entries[0]
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path, monkeypatch):
+    """2 ranks x 2 windows (gloo) against 1 process x 4 windows, same data, 6 AdamW steps.
+
+    Tolerance 1e-5 (absolute, weights of magnitude ~0.1-1; measured ~6e-7) and 1e-5 relative on
+    every step's loss: the two runs differ only in float32 summation order (each rank averages
+    its 2 windows and gloo averages the ranks, against one mean over 4 windows), and AdamW's
+    normalized update keeps each step's difference at rounding level over so few steps.
+    """
+    done = pretrain_in_processes(tmp_path / "two", devices=2, strategy="ddp", batch_size=2)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.stdout.count("trained:") == 1  # the second rank exited once the entry was written
+    entry = only_entry(tmp_path / "two")
+    meta = json.loads((entry / "pretrain.json").read_text())
+    assert meta["world_size"] == 2 and meta["strategy"] == "DDPStrategy" and meta["config"]["devices"] == 2
+
+    with torch.random.fork_rng():
+        one = P.pretrained_model("mcsd-chat", cache_dir=str(tmp_path / "one"), batch_size=4, progress=False, **DIST)
+    assert one.pretrain_info["world_size"] == 1 and one.pretrain_info["tokens"] == meta["tokens"]
+    assert meta["losses"] == pytest.approx(one.pretrain_info["losses"], rel=1e-5)
+    two = load_model(entry)
+    for (name, a), b in zip(one.named_parameters(), two.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), (name, (a - b).abs().max().item())
+
+    # asked again (here, in this process): loaded from the cache, nothing trained or launched
+    monkeypatch.setattr(P, "pretrain", lambda *a, **k: pytest.fail("a cached multi-process base was trained again"))
+    cached = P.pretrained_model("mcsd-chat", cache_dir=str(tmp_path / "two"), devices=2, strategy="ddp",
+                                batch_size=2, progress=False, **DIST)
+    assert not cached.pretrain_info["trained_now"] and cached.pretrain_info["path"] == str(entry)
+
+
+def test_rank_roles_come_from_the_launchers_environment(monkeypatch):
+    from synclearn.learn import pretrain_fabric as D
+
+    config = P.PretrainConfig(devices=2, strategy="ddp", **DIST)
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", D.LAUNCH_ENV, "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert D.is_rank_zero(config) and not D.is_launched_child(config)  # the process the user started
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not D.is_rank_zero(config) and not D.is_launched_child(config)  # another launcher's rank
+    monkeypatch.setenv(D.LAUNCH_ENV, config.key())
+    assert D.is_launched_child(config)  # started by our launch of this very pretraining
+    monkeypatch.setenv(D.LAUNCH_ENV, "another-key")
+    assert not D.is_launched_child(config)
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("RANK", "3")  # torchrun
+    assert not D.is_rank_zero(config)
+    assert D.is_rank_zero(P.PretrainConfig(**DIST))  # one process: always its own rank 0
+    assert D.strategy_for(P.PretrainConfig(**DIST)) == "auto" and D.strategy_for(config) == "ddp"
+    # the key does not change for configs made before num_nodes existed; a second node does change it
+    assert P.PretrainConfig(**DIST).key() != P.PretrainConfig(num_nodes=2, **DIST).key()
+    with pytest.raises(ValueError, match="FSDP runs on CUDA"):
+        P.PretrainConfig(strategy="fsdp", accelerator="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fsdp_on_cuda_matches_plain_training(tmp_path):
+    """FSDP (one rank, full state dict gathered for the cache) against the plain single-device
+    run on the same GPU: the same weights up to CUDA rounding (atol 1e-4)."""
+    done = pretrain_in_processes(tmp_path / "fsdp", devices=1, strategy="fsdp", batch_size=4, accelerator="cuda")
+    assert done.returncode == 0, done.stderr[-4000:]
+    plain = pretrain_in_processes(tmp_path / "plain", devices=1, strategy="auto", batch_size=4, accelerator="cuda")
+    assert plain.returncode == 0, plain.stderr[-4000:]
+    a, b = load_model(only_entry(tmp_path / "fsdp")), load_model(only_entry(tmp_path / "plain"))
+    assert json.loads((only_entry(tmp_path / "fsdp") / "pretrain.json").read_text())["strategy"] == "FSDPStrategy"
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(x, y, rtol=0, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_ddp_on_two_gpus_matches_one_gpu(tmp_path):
+    """NCCL DDP on 2 GPUs x 2 windows against 1 GPU x 4 windows (atol 1e-4: CUDA rounding)."""
+    done = pretrain_in_processes(tmp_path / "two", devices=2, strategy="ddp", batch_size=2, accelerator="cuda")
+    assert done.returncode == 0, done.stderr[-4000:]
+    one = pretrain_in_processes(tmp_path / "one", devices=1, strategy="auto", batch_size=4, accelerator="cuda")
+    assert one.returncode == 0, one.stderr[-4000:]
+    for x, y in zip(load_model(only_entry(tmp_path / "two")).parameters(),
+                    load_model(only_entry(tmp_path / "one")).parameters()):
+        assert torch.allclose(x, y, rtol=0, atol=1e-4)
