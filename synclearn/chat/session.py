@@ -43,6 +43,7 @@ class Reply:
         prompt_tokens / completion_tokens: token counts of the turn.
         stop_reason: "stop_token", "stop_string" or "max_tokens".
         ttft_s: time to first token; token_times_s: seconds between successive tokens.
+        sparse: how decoding ran: None (dense) or e.g. "predictor k=51/512" (neurons per MLP).
     """
 
     text: str
@@ -53,6 +54,7 @@ class Reply:
     stop_reason: str
     ttft_s: float = 0.0
     token_times_s: list[float] = field(default_factory=list)
+    sparse: str | None = None
 
 
 class ChatSession:
@@ -63,12 +65,15 @@ class ChatSession:
         log: an :class:`~synclearn.memory.InteractionLog`, or None to log nothing.
         session_id: the log's session id (default: a new UUID).
         system: an optional system message opening the conversation.
+        sparse: decode with only ``sparse.k`` neurons per MLP (a
+            :class:`~synclearn.model.neurons.SparseSpec`; MCSD models); prefill stays dense.
         **sampling: default :class:`SamplingParams` fields (max_new_tokens, temperature, ...).
     """
 
     def __init__(self, model: Any, log: Any = None, *, session_id: str | None = None, system: str | None = None,
-                 **sampling: Any) -> None:
+                 sparse: Any = None, **sampling: Any) -> None:
         self.model, self.log = model, log
+        self.sparse = sparse
         self.session_id = session_id or uuid.uuid4().hex
         self.system = system
         if isinstance(getattr(model, "tokenizer", None), ByteTokenizer):
@@ -139,7 +144,7 @@ class ChatSession:
 
     def _step(self, ids_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         with self.guard.read() as version, self._serving():
-            out = self.model.step(ids_t, state)
+            out = self.model.step(ids_t, state) if self.sparse is None else self.model.step(ids_t, state, sparse=self.sparse)
             self._sync()
         self._versions.append(version)
         self._stamps.append(time.perf_counter())
@@ -207,7 +212,14 @@ class ChatSession:
         stamps = self._stamps
         ttft = (stamps[0] - t0) if stamps else time.perf_counter() - t0
         self.last_reply = Reply(gen.text, rid, (self._versions[0], self._versions[-1]), len(prompt), len(gen.ids),
-                                gen.stop_reason, ttft, [b - a for a, b in zip(stamps, stamps[1:])])
+                                gen.stop_reason, ttft, [b - a for a, b in zip(stamps, stamps[1:])],
+                                self._sparse_label())
+
+    def _sparse_label(self) -> str | None:
+        if self.sparse is None:
+            return None
+        d_ff = getattr(getattr(self.model, "config", None), "d_ff", None)
+        return f"{self.sparse.mode} k={self.sparse.k}" + (f"/{d_ff}" if d_ff else "")
 
     def load_history(self, messages: list[dict[str, str]], system: str | None = None) -> None:
         """Position the session after an earlier conversation (not logged again): the messages

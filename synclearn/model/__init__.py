@@ -10,6 +10,7 @@ from synclearn.model.neurons import (
     SelectableMLP,
     SparseSpec,
     fit_predictor,
+    fit_predictors,
     neuron_context,
 )
 from synclearn.model.tokenizer import ByteTokenizer
@@ -29,6 +30,7 @@ __all__ = [
     "SparseSpec",
     "build_model",
     "fit_predictor",
+    "fit_predictors",
     "generate",
     "load_model",
     "named_config",

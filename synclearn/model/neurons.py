@@ -253,33 +253,57 @@ class SelectableMLP(nn.Module):
             trace.record(self.layer_index, h, predicted)
         return self.down(h)
 
-    def sparse_forward(self, x: Tensor, spec: SparseSpec) -> Tensor:
-        """Compute only ``spec.k`` neurons per token. x: [..., D] -> [..., D].
-
-        The weights of the union U of the tokens' selections are gathered once (contiguous
-        ``index_select``); each token's activations outside its own selection are zeroed, so
-        every token sees exactly its k neurons. At decode (one token) |U| = k.
-        """
-        shape = x.shape
-        xf = x.reshape(-1, self.d_model)  # (N, D)
+    def select_neurons(self, xf: Tensor, spec: SparseSpec) -> tuple[Tensor, Tensor | None]:
+        """The k neurons each token uses. xf: [N, D] -> (idx [N, k], full pre-activations
+        [N, d_ff] for ``mode="topk"`` (which needs them) or None)."""
         k = min(spec.k, self.d_ff)
         if spec.mode == "predictor":
             if self.predictor is None:
                 raise ValueError("SparseSpec(mode='predictor') needs a model built with predictor_rank > 0")
-            idx = self.predictor(xf).topk(k, dim=-1).indices  # (N, k)
-            union = idx.unique() if xf.shape[0] > 1 else idx[0]  # (U,)
-            pre = xf @ self.up.weight.index_select(0, union).t()  # (N, U)
+            return self.predictor(xf).topk(k, dim=-1, sorted=False).indices, None
+        pre_all = self.up(xf)  # (N, d_ff)
+        return pre_all.topk(k, dim=-1, sorted=False).indices, pre_all
+
+    def sparse_forward(self, x: Tensor, spec: SparseSpec) -> Tensor:
+        """Compute only ``spec.k`` neurons per token. x: [..., D] -> [..., D].
+
+        The rows of the union U of the tokens' selections are gathered once from the
+        neuron-major weights (two contiguous ``index_select``: [U, D] each); each token's
+        activations outside its own selection are zeroed with an [N, U] mask built by one
+        scatter ([N, d_ff] work, never [N, k, U]). At decode (one token) U = k and no mask is
+        built. ``mode="predictor"`` computes only U up rows; ``"topk"`` needs all of them.
+        """
+        if type(self.up) is not nn.Linear or type(self.down) is not nn.Linear:
+            raise ValueError("sparse inference reads the MLP weights directly: merge adapters (e.g. LoRA) first")
+        shape = x.shape
+        xf = x.reshape(-1, self.d_model)  # (N, D)
+        up_w, down_rows = self.neuron_rows()  # [d_ff, D] each, contiguous rows
+        idx, pre_all = self.select_neurons(xf, spec)  # (N, k)
+        if xf.shape[0] == 1:
+            union = idx[0]  # (k,)
         else:
-            pre_all = self.up(xf)  # (N, d_ff)
-            idx = pre_all.topk(k, dim=-1).indices  # (N, k)
-            union = idx.unique() if xf.shape[0] > 1 else idx[0]
-            pre = pre_all.index_select(1, union)  # (N, U)
+            own_all = torch.zeros(xf.shape[0], self.d_ff, dtype=torch.bool, device=x.device)
+            own_all.scatter_(1, idx, True)  # (N, d_ff)
+            union = own_all.any(0).nonzero().squeeze(1)  # (U,)
+        if pre_all is None:
+            pre = F.linear(xf, up_w.index_select(0, union))  # (N, U)
+        else:
+            pre = pre_all.index_select(1, union)
         h = squared_relu(pre)
         if xf.shape[0] > 1:  # keep each token's own k neurons only
-            own = (idx[:, :, None] == union[None, None, :]).any(1)  # (N, U)
-            h = h * own
-        out = h @ self.down.weight.index_select(1, union).t()  # (N, D)
+            h = h * own_all.index_select(1, union)
+        out = h @ down_rows.index_select(0, union)  # (N, D)
         return out.reshape(shape)
+
+
+def masked_dense_reference(mlp: "SelectableMLP", x: Tensor, spec: SparseSpec) -> Tensor:
+    """Slow reference for :meth:`SelectableMLP.sparse_forward`: the dense MLP with every
+    neuron outside each token's selection zeroed. x: [..., D] -> [..., D]."""
+    xf = x.reshape(-1, mlp.d_model)
+    idx, _ = mlp.select_neurons(xf, spec)
+    keep = torch.zeros(xf.shape[0], mlp.d_ff, dtype=xf.dtype).scatter_(1, idx, 1.0)
+    h = squared_relu(F.linear(xf, mlp.up.weight)) * keep
+    return F.linear(h, mlp.down.weight).reshape(x.shape)
 
 
 def fit_predictor(mlp: SelectableMLP, xs: Tensor, *, steps: int = 300, lr: float = 1e-2, seed: int = 0) -> float:
@@ -313,3 +337,26 @@ def fit_predictor(mlp: SelectableMLP, xs: Tensor, *, steps: int = 300, lr: float
         guess = mlp.predictor(xs).topk(k, dim=-1).indices
         hits = (true[:, :, None] == guess[:, None, :]).any(-1).float().mean()
     return float(hits)
+
+
+def fit_predictors(model: nn.Module, batches: list[Tensor], *, steps: int = 300, lr: float = 1e-2, seed: int = 0) -> dict[int, float]:
+    """Fit every selectable MLP's predictor of ``model`` on the inputs its MLP sees for
+    ``batches`` (token ids [B, T] each), as :func:`fit_predictor` does for one MLP.
+
+    Meant to run after (or at checkpoints of) pretraining, so a saved base ships a trained
+    predictor for sparse decoding. Only predictor parameters change. Returns layer -> the
+    top-10% recall :func:`fit_predictor` reports.
+    """
+    mlps = [m for m in model.modules() if isinstance(m, SelectableMLP) and m.predictor is not None]
+    seen: dict[int, list[Tensor]] = {m.layer_index: [] for m in mlps}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen[mod.layer_index].append(args[0].detach().reshape(-1, mod.d_model)))
+             for m in mlps]
+    try:
+        with torch.no_grad():
+            for ids in batches:
+                model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {m.layer_index: fit_predictor(m, torch.cat(seen[m.layer_index]), steps=steps, lr=lr, seed=seed + m.layer_index)
+            for m in mlps}
