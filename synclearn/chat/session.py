@@ -161,6 +161,8 @@ class ChatSession:
                 messages.insert(0, {"role": "system", "content": self.system})
             bos = getattr(self.tokenizer, "BOS", None)
             prefix = [bos] if bos is not None else []
+        elif hasattr(self.tokenizer, "continue_chat"):  # a template with a preamble (bos, default system)
+            return self.tokenizer.continue_chat(messages)
         return prefix + self.tokenizer.chat(messages)
 
     def stream(self, text: str, **sampling: Any) -> Iterator[str]:

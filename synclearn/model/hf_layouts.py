@@ -77,6 +77,7 @@ class MLPUnit:
         parts: the base projections (or, for experts, the parameters) the layout reads.
         act: the activation.
         expert: the expert index (experts only).
+        index: the unit's neuron-layer index (set by :func:`install`).
     """
 
     family: str
@@ -85,6 +86,7 @@ class MLPUnit:
     parts: dict[str, Any]
     act: Callable[[Tensor], Tensor]
     expert: int | None = None
+    index: int = -1
 
     def layout(self) -> NeuronLayout:
         p, act = self.parts, self.act
@@ -248,56 +250,54 @@ def lora_targets(hf_model: nn.Module) -> tuple[str, ...]:
 def install(units: list[MLPUnit]) -> None:
     """Patch each MLP (or experts module) so that it honours
     :func:`~synclearn.model.neurons.neuron_context`: overrides replace a unit's computation and
-    a trace records its activations; without a context the module's own forward runs."""
-    by_module: dict[int, list[tuple[int, MLPUnit]]] = {}
+    a trace records its activations; without a context the module's class forward runs.
+
+    The patched forward is a plain function bound to the module and finds its units on the
+    module (``synclearn_units``), so a deep copy of the model (a learner's fork) computes with
+    the copy's own weights."""
+    by_module: dict[int, list[MLPUnit]] = {}
     for index, unit in enumerate(units):
-        by_module.setdefault(id(unit.module), []).append((index, unit))
+        unit.index = index
+        by_module.setdefault(id(unit.module), []).append(unit)
     for entries in by_module.values():
-        module = entries[0][1].module
-        original = module.forward
-        if entries[0][1].family == "expert":
-            module.forward = types.MethodType(_experts_forward(original, entries), module)
-        else:
-            module.forward = types.MethodType(_dense_forward(original, *entries[0]), module)
+        module = entries[0].module
+        module.synclearn_units = entries
+        forward = _experts_forward if entries[0].family == "expert" else _dense_forward
+        module.forward = types.MethodType(forward, module)
 
 
-def _dense_forward(original: Callable, index: int, unit: MLPUnit) -> Callable:
-    def forward(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        override, trace = consult_context(index)
-        if override is not None:
-            return override(x)
-        if trace is not None:
-            out, h = unit.evaluate(x)
-            trace.record(index, h)
-            return out
-        return original(x, *args, **kwargs)
-    return forward
+def _dense_forward(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    unit = self.synclearn_units[0]
+    override, trace = consult_context(unit.index)
+    if override is not None:
+        return override(x)
+    if trace is not None:
+        out, h = unit.evaluate(x)
+        trace.record(unit.index, h)
+        return out
+    return type(self).forward(self, x, *args, **kwargs)
 
 
-def _experts_forward(original: Callable, entries: list[tuple[int, MLPUnit]]) -> Callable:
+def _experts_forward(self: nn.Module, hidden: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
     """The experts' forward under a context: each expert e runs on the tokens routed to it
     (its override, or its layout), weighted by the router and summed, as transformers does."""
-
-    def forward(self: nn.Module, hidden: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
-        ctx = current_neuron_context()
-        if ctx is None or (ctx.trace is None and not any(i in ctx.overrides for i, _ in entries)):
-            if ctx is not None and ctx.pause is not None:
-                ctx.pause()
-            return original(hidden, top_k_index, top_k_weights)
-        if ctx.pause is not None:
-            ctx.pause()
-        out = torch.zeros_like(hidden)  # [N, D]
-        for index, unit in entries:
-            tokens, slot = torch.where(top_k_index == unit.expert)  # [n], [n]
-            x = hidden[tokens]  # [n, D]
-            override = ctx.overrides.get(index)
-            if override is not None:  # called even for no token, so every leaf is in the graph
-                y = override(x)
-            else:
-                y, h = unit.layout().forward(x)
-                if ctx.trace is not None:
-                    full = h.new_zeros(hidden.shape[0], h.shape[-1]).index_copy(0, tokens, h)  # [N, I]
-                    ctx.trace.record(index, full)
-            out = out.index_add(0, tokens, (y * top_k_weights[tokens, slot, None]).to(out.dtype))
-        return out
-    return forward
+    units = self.synclearn_units
+    ctx = current_neuron_context()
+    if ctx is not None and ctx.pause is not None:
+        ctx.pause()
+    if ctx is None or (ctx.trace is None and not any(u.index in ctx.overrides for u in units)):
+        return type(self).forward(self, hidden, top_k_index, top_k_weights)
+    out = torch.zeros_like(hidden)  # [N, D]
+    for unit in units:
+        tokens, slot = torch.where(top_k_index == unit.expert)  # [n], [n]
+        x = hidden[tokens]  # [n, D]
+        override = ctx.overrides.get(unit.index)
+        if override is not None:  # called even for no token, so every leaf is in the graph
+            y = override(x)
+        else:
+            y, h = unit.layout().forward(x)
+            if ctx.trace is not None:
+                full = h.new_zeros(hidden.shape[0], h.shape[-1]).index_copy(0, tokens, h)  # [N, I]
+                ctx.trace.record(unit.index, full)
+        out = out.index_add(0, tokens, (y * top_k_weights[tokens, slot, None]).to(out.dtype))
+    return out
