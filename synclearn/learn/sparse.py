@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from synclearn.model.neurons import NeuronLayout
+from synclearn.model.neurons import NeuronLayout, NeuronTrace, neuron_context
 
 
 @dataclass
@@ -99,3 +99,54 @@ def read_rows(layout: NeuronLayout, idx: Tensor) -> Tensor:
     """The current weights of neurons ``idx`` in the flat layout, [k, width] (a copy)."""
     idx = idx.to(layout.out_weight.device)
     return _flat([w.index_select(0, idx) for w in layout.in_weights], layout.out_weight.index_select(1, idx))
+
+
+# -- the step's compute: one pass for selection, the step's pass resumed where it differs ------------
+
+
+@dataclass
+class TracedBatch:
+    """What the selection pass leaves for the step's own forward.
+
+    Attributes:
+        trace: the activations of the plastic layers (what the selector scores).
+        stream: [B, T, D] the residual stream entering layer ``start`` (None: the model
+            cannot resume at a layer, and the step's forward runs from the input).
+        start: the lowest plastic layer.
+    """
+
+    trace: NeuronTrace
+    stream: Tensor | None
+    start: int
+
+
+def trace_pass(model: torch.nn.Module, inputs: Tensor, trace: NeuronTrace, plastic_layers: list[int]) -> TracedBatch:
+    """The selection pass, doing only what the selection and the step need.
+
+    It records only the plastic layers, stops after the highest one (the layers above and the
+    output head cannot change the selection) and keeps the residual stream entering the lowest
+    one: everything below it is frozen, so the step's forward (:func:`resumed_forward`) would
+    recompute exactly -- bitwise -- the same stream. Models without ``embed_ids`` /
+    ``run_layers`` / ``head`` (e.g. the Hugging Face adapter) run the whole model, as before.
+
+    Args:
+        model: the model; inputs: token ids [B, T]; trace: the record to fill (its ``layers``
+            is set to ``plastic_layers``); plastic_layers: the layers the step may change.
+    """
+    layers = sorted(plastic_layers)
+    trace.layers = frozenset(layers)
+    with torch.no_grad(), neuron_context(trace=trace):
+        if not all(hasattr(model, n) for n in ("embed_ids", "run_layers", "head")):
+            model(inputs)
+            return TracedBatch(trace, None, 0)
+        stream = model.run_layers(model.embed_ids(inputs), 0, layers[0])
+        model.run_layers(stream, layers[0], layers[-1] + 1)
+    return TracedBatch(trace, stream, layers[0])
+
+
+def resumed_forward(model: torch.nn.Module, inputs: Tensor, traced: TracedBatch) -> Tensor:
+    """The step's forward (run it under the plastic overrides): logits [B, T, V], bitwise equal
+    to ``model(inputs)``, computing only the layers from the lowest plastic one up."""
+    if traced.stream is None:
+        return model(inputs)
+    return model.head(model.run_layers(traced.stream, traced.start))

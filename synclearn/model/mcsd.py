@@ -329,6 +329,27 @@ class MCSDLM(nn.Module):
         new_pos = pos + T
         return logits, MCSDState(torch.stack(slopes), torch.stack(decays), new_pos, self._normalizer(new_pos))
 
+    def embed_ids(self, ids: Tensor) -> Tensor:
+        """The residual stream entering layer 0. ids: [B, T] -> [B, T, D]."""
+        self._check_ids(ids, 2)
+        return self.embed(ids)
+
+    def run_layers(self, x: Tensor, start: int = 0, stop: int | None = None, *, trace: NeuronTrace | None = None) -> Tensor:
+        """Layers ``start`` .. ``stop - 1`` of the chunked form from an empty state, on the
+        residual stream x [B, T, D] entering layer ``start`` -> the stream leaving ``stop - 1``.
+
+        ``head(run_layers(run_layers(embed_ids(ids), 0, j), j))`` computes exactly (bitwise)
+        what ``forward(ids)`` does: a caller can keep the stream at a layer and resume there.
+        """
+        pos = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for block in self.blocks[start:stop]:
+            x, _, _ = block(x, None, None, pos, trace=trace)
+        return x
+
+    def head(self, x: Tensor) -> Tensor:
+        """Final norm and output projection. x: [B, T, D] -> logits [B, T, V]."""
+        return self.lm_head(self.norm(x))
+
     def _normalizer(self, pos: Tensor) -> Tensor:
         """Z_n [B, C] for counts ``pos`` [B], in the scan precision (>= fp32)."""
         dt = torch.float64 if self.dtype == torch.float64 else torch.float32

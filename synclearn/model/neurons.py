@@ -68,10 +68,12 @@ class NeuronTrace:
         active: layer index -> [d_ff] float32, number of counted tokens where h != 0.
         predicted_mass: layer index -> [d_ff], the same sum for relu(predictor scores)^2.
         tokens: number of counted tokens (sum of the mask).
+        layers: record only these layer indices (None: every layer).
     """
 
     mask: Tensor | None = None
     predicted: bool = False
+    layers: frozenset[int] | None = None
     mass: dict[int, Tensor] = field(default_factory=dict)
     active: dict[int, Tensor] = field(default_factory=dict)
     predicted_mass: dict[int, Tensor] = field(default_factory=dict)
@@ -80,6 +82,8 @@ class NeuronTrace:
     @torch.no_grad()
     def record(self, layer: int, h: Tensor, predicted: Tensor | None = None) -> None:
         """Add one layer's activations h [..., d_ff] (and predictor scores) to the record."""
+        if self.layers is not None and layer not in self.layers:
+            return
         hf = h.detach().reshape(-1, h.shape[-1]).float()
         w = None if self.mask is None else self.mask.reshape(-1).to(hf)
         def total(values: Tensor) -> Tensor:
@@ -249,7 +253,8 @@ class SelectableMLP(nn.Module):
             return self.sparse_forward(x, sparse)
         h = squared_relu(self.up(x))  # [..., d_ff]
         if trace is not None:
-            predicted = self.predictor(x) if trace.predicted and self.predictor is not None else None
+            wanted = trace.predicted and self.predictor is not None and (trace.layers is None or self.layer_index in trace.layers)
+            predicted = self.predictor(x) if wanted else None
             trace.record(self.layer_index, h, predicted)
         return self.down(h)
 
