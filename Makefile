@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.synclearn-installed
 
-.PHONY: install run test test-all bench clean
+.PHONY: install cluster run test test-all bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# the cluster launchers too (SLURM via submitit, Ray): `make cluster`; the local ones (joblib, Optuna) are in dev
+cluster: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,cluster]'
 
 run: $(STAMP)
 	$(VENV)/bin/synclearn run $(ARGS)

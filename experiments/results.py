@@ -4,8 +4,9 @@
     python experiments/results.py --only split_digits  # one sweep; the other sections are kept
     python experiments/results.py --seeds 0            # fewer seeds (a quicker, noisier table)
     python experiments/results.py --render-only        # rebuild RESULTS.md from experiments/results/
+    python experiments/results.py --jobs 1             # one run at a time (the default runs in parallel)
 
-Each sweep is a real ``synclearn run -m ...`` (a Hydra multirun, one process per sweep) into
+Each sweep is a real ``synclearn run -m ...`` (a Hydra multirun) into
 ``experiments/out/results/<sweep>/`` (gitignored: logs, checkpoints, per-run plots), then
 ``synclearn report`` on it. What is committed goes to ``experiments/results/``: per sweep the
 report's tables (``<sweep>.md``, ``<sweep>.csv``, ``<sweep>_groups.csv``), its bar plot and
@@ -20,6 +21,12 @@ Sweeps (learner x memory, as the issue asks: ``learner=sparse,lora,full memory=n
 * ``chat_facts_quick``: every learner x memory on experiment=quick (20 facts, delays up to 200).
 * ``split_digits``: class-incremental split digits (experiment=split_digits), seeds 0-2.
 * ``text_domains``: domain-incremental language modelling (experiment=text_domains), seeds 0-2.
+
+The runs of a sweep go through Hydra's joblib launcher (``hydra/launcher=local``), as many at
+once as the cores allow: a run's ``cores_per_job`` below is what it keeps busy (chat-facts: the
+serving thread and the learner's thread, 2; the others: 1), so on 2 cores the chat-facts runs
+still go one at a time (their latency figures would otherwise measure the neighbours) and the
+split-digits and text-domains runs two at a time. ``--jobs N`` fixes N for every sweep.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ SWEEPS: dict[str, dict] = {
         "title": "chat-facts, the main job (conf/config.yaml: 40 facts, probes up to 1000 later interactions)",
         "plots": ["retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"],
         "representative": {"memory": "consolidate"},
+        "cores_per_job": 2,
     },
     "chat_facts_quick": {
         "grid": GRID,
@@ -61,6 +69,7 @@ SWEEPS: dict[str, dict] = {
                  "interactions)",
         "plots": [],
         "representative": {"learner": "sparse", "memory": "consolidate"},
+        "cores_per_job": 2,
     },
     "split_digits": {
         "grid": GRID,
@@ -81,17 +90,34 @@ SWEEPS: dict[str, dict] = {
 }
 
 
-def run_sweep(name: str, seeds: list[int], raw: Path, extra: list[str]) -> Path:
-    """One Hydra multirun of ``name`` into ``raw/name`` (replaced); returns the directory."""
+def parallel_jobs(name: str, jobs: int | None = None) -> int:
+    """Runs of sweep ``name`` at once: ``jobs``, else the cores over the sweep's ``cores_per_job``."""
+    if jobs is not None:
+        return max(1, jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // SWEEPS[name].get("cores_per_job", 1))
+
+
+def launcher_overrides(jobs: int) -> list[str]:
+    """Hydra overrides that run ``jobs`` runs at once (none for one: the sequential launcher)."""
+    return [] if jobs <= 1 else ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
+
+
+def run_sweep(name: str, seeds: list[int], raw: Path, extra: list[str], jobs: int | None = None) -> Path:
+    """One Hydra multirun of ``name`` into ``raw/name`` (replaced), ``jobs`` runs at once
+    (:func:`parallel_jobs`); returns the directory."""
     out = raw / name
     if out.exists():
         shutil.rmtree(out)
+    jobs = parallel_jobs(name, jobs)
     cmd = [sys.executable, "-m", "synclearn.run", "-m", *SWEEPS[name]["overrides"], *SWEEPS[name]["grid"],
-           "seed=" + ",".join(map(str, seeds)), "progress=false", f"hydra.sweep.dir={out}", *extra]
+           "seed=" + ",".join(map(str, seeds)), "progress=false", f"hydra.sweep.dir={out}",
+           *launcher_overrides(jobs), *extra]
     print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[2:])}", flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     (out / "sweep_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
+    (out / "sweep_jobs.txt").write_text(f"{jobs}\n")
     return out
 
 
@@ -112,6 +138,7 @@ def collect(name: str, raw: Path, dest: Path) -> None:
             if (rep.path / png).is_file():
                 shutil.copy(rep.path / png, dest / f"{name}_{png}")
     meta = {"sweep": report.sweep, "runs": len(report.runs), "seconds": _read_float(src / "sweep_seconds.txt"),
+            "jobs": _read_float(src / "sweep_jobs.txt"),
             "representative": str(rep.path.relative_to(src)) if rep is not None else None,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "date": time.strftime("%Y-%m-%d")}
@@ -252,6 +279,7 @@ def render(dest: Path) -> str:
         out += [f"## {spec['title']}", ""]
         if meta.get("sweep"):
             took = f", {meta['seconds'] / 60:.0f} min" if meta.get("seconds") else ""
+            took += f", {meta['jobs']:.0f} at a time" if (meta.get("jobs") or 1) > 1 else ""
             out += [f"Sweep: `synclearn run -m {' '.join(meta['sweep'])}` ({meta['runs']} runs{took}; "
                     f"{meta.get('machine', '')}, {meta.get('date', '')}).", ""]
         header = ["learner", "memory", "seeds", *metrics]
@@ -290,12 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collect-only", action="store_true",
                     help="re-read the sweeps already in --raw (no new runs), then rebuild RESULTS.md")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every sweep")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="runs at once for every sweep (default: the cores over the sweep's cores_per_job)")
     args = ap.parse_args(argv)
     if not args.render_only:
         for name in args.only:
             if not args.collect_only:
                 seeds = args.seeds or ([0] if name.startswith("chat_facts") else [0, 1, 2])
-                run_sweep(name, seeds, args.raw, args.override)
+                run_sweep(name, seeds, args.raw, args.override, jobs=args.jobs)
             collect(name, args.raw, args.dest)
     text = render(args.dest)
     (args.dest.parent / "RESULTS.md").write_text(text)  # links point into <dest>/

@@ -34,8 +34,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     for line in results.get("summary", []):
         print(line)
     print(summary_line(results, out_dir), flush=True)
-    value = results.get("acc")
-    return float(value) if isinstance(value, (int, float)) else None  # the sweep objective (optimizer plugins)
+    from synclearn.sweep import sweep_objective
+
+    return sweep_objective(results, cfg.get("objective"))  # the sweep objective (optimizer plugins): acc by default
 
 
 def main(argv: list[str] | None = None) -> int:
