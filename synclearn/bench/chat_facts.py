@@ -11,7 +11,17 @@ a wrong answer), with ``"none"`` the learner learns the model's own replies as t
 mistakes included (a harsher setting: learning from its own errors, a model drifts). Each fact is
 probed (:mod:`synclearn.eval.recall`: exact match of a fresh conversation's greedy reply, and
 rank of the true value among its attribute's values) ``d`` interactions after it was taught,
-for every ``d`` in ``delays``.
+for every ``d`` in ``delays``, with the teaching question and with another question form
+(generalization: ``recall_other_d{d}``).
+
+What else moved (:mod:`synclearn.eval.retention`, measured on the model before the stream and
+after it, before the latency measurement): held-out text and chat NLL, well-formed answers
+about people nobody taught, small-talk replies, locality (untaught people's answers
+unchanged), and the share of every plastic layer's neurons still free to learn.
+
+Reproducible: the attached learner's replay draws and the log's learned/rehearsed times read
+a clock the benchmark controls (``turn_seconds`` per interaction), not the wall clock; with
+the pacing below, the same seed gives the same figures run to run.
 
 The stream: the facts are split into ``n_groups`` consecutive groups (the "tasks"); each
 fact is taught once, followed by ``gap`` small-talk turns; after the last fact, small talk
@@ -105,7 +115,8 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
         progress: bool = True, n_facts: int = 40, n_groups: int = 5, gap: int = 4,
         delays: Sequence[int] = (0, 10, 100, 1000), facts_file: str | None = None, probe_form: str = "same",
         conversation_turns: int = 4, filler_feedback: str = "correct", latency_prompts: int = 16,
-        rank: bool = True, wait_timeout_s: float = 120.0) -> dict[str, Any]:
+        rank: bool = True, wait_timeout_s: float = 120.0, turn_seconds: float = 1.0,
+        retention_probes: int = 32) -> dict[str, Any]:
     """Run the benchmark (see the module docstring for the contract).
 
     Args:
@@ -120,6 +131,8 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
         latency_prompts: prompts served per condition in the latency measurement (0 = skip).
         rank: also score recall by ranking the candidate answers.
         wait_timeout_s: longest wait for the learner to take in one turn.
+        turn_seconds: simulated seconds per interaction: the clock of replay and the log.
+        retention_probes: held-out probes per kind for base retention (0 = skip).
     """
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
@@ -140,7 +153,8 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
     rng = random.Random(f"chat-facts-{seed}")
     forms = [rng.randrange(len(QUESTION_FORMS)) for _ in facts]
     teach_q = [f.question(k) for f, k in zip(facts, forms)]
-    probe_q = teach_q if probe_form == "same" else [f.question(k + 1) for f, k in zip(facts, forms)]
+    paraphrase_q = [f.question((k + 1) % len(QUESTION_FORMS)) for f, k in zip(facts, forms)]
+    probe_q, other_q = (teach_q, paraphrase_q) if probe_form == "same" else (paraphrase_q, teach_q)
     turns, group_end = build_stream(len(facts), n_groups, gap, delays[-1])
     filler = iter(smalltalk(len(turns), seed=seed))
     group_of = np.searchsorted(np.linspace(0, len(facts), n_groups + 1).round()[1:], np.arange(len(facts)), "right")
@@ -155,6 +169,20 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
             cache[(t, f)] = probe_fact(model, prober, facts[f], probe_q[f], rank=rank)
         return cache[(t, f)]
 
+    keep = None
+    if retention_probes:
+        from synclearn.eval.retention import RetentionProbe
+
+        keep = RetentionProbe(seed=seed, n_people=retention_probes, n_chat=retention_probes,
+                              exclude_names={f.name for f in facts}, max_new_tokens=serve.max_new_tokens)
+        kept_before = keep.measure(model)
+    clock_turn = [0]
+
+    def clock() -> float:  # the learner only runs while the user waits on turn t: a deterministic "now"
+        return t_clock0 + turn_seconds * clock_turn[0]
+
+    t_clock0 = time.time()
+
     def evaluate(t: int) -> tuple[list[float], list[float]]:
         ps = [probe(t, f) for f in range(len(facts))]
         by_group = [[p for p, g in zip(ps, group_of) if g == j] for j in range(n_groups)]
@@ -167,10 +195,11 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
     due: dict[int, list[tuple[int, int]]] = {}
     records: list[dict[str, Any]] = []
     serving_ms: list[float] = []
-    handle = learner.attach(session, **memory.attach_options(), **serve.attach_options())
+    handle = learner.attach(session, **memory.attach_options(), **serve.attach_options(), **_clock_option(clock))
     bar = _progress(len(turns), progress)
     try:
         for t, fact_index in enumerate(turns, start=1):
+            clock_turn[0] = t
             if (t - 1) % conversation_turns == 0:
                 session.reset()
             if fact_index is None:
@@ -188,8 +217,10 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
             _wait_learned(log, reply.interaction_id, handle, wait_timeout_s)
             for f, d in due.pop(t, []):
                 p = probe(t, f)
+                o = probe_fact(model, prober, facts[f], other_q[f], rank=rank)
                 records.append({"t": t, "fact": f, "group": int(group_of[f]), "delay": d, "exact": int(p.exact),
-                                "ranked": int(p.ranked), "rank": p.rank, "version": p.version, "reply": p.reply})
+                                "ranked": int(p.ranked), "rank": p.rank, "version": p.version, "reply": p.reply,
+                                "exact_other": int(o.exact), "ranked_other": int(o.ranked), "reply_other": o.reply})
             if t in group_end:
                 ex, rk = evaluate(t)
                 R_exact.append(ex)
@@ -204,13 +235,51 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
         if bar is not None:
             bar.close()
     stream_s = time.perf_counter() - t_start
+    kept = {}
+    if keep is not None:
+        from synclearn.eval.retention import compare
+
+        kept_after = keep.measure(model)
+        kept = compare(kept_before, kept_after)
+    kept.update({f"free_share_l{layer}": share for layer, share in free_shares(learner).items()})
     lat = measure_latency(session, learner, [p["prompt"] for p in smalltalk(latency_prompts, seed=seed + 1)],
                           attach_options={**memory.attach_options(), **serve.attach_options()}) \
         if latency_prompts else None
     results = _results(out_dir, facts, records, R_exact, R_rank, baseline_exact, baseline_rank, delays, status, lat,
                        serving_ms, len(turns), stream_s, learner)
     results["corrected_turns"] = front.corrected
+    results.update(kept)
+    if keep is not None:
+        results["summary"].insert(3, f"base retention: held-out text NLL {100 * kept['text_nll_change']:+.1f}%, chat NLL "
+                                     f"{100 * kept['chat_nll_change']:+.1f}%, well-formed answers about untaught people "
+                                     f"{kept['format_share_after']:.0%} (base {kept['format_share_before']:.0%}), "
+                                     f"locality {kept['locality']:.0%}, small talk {kept['smalltalk_exact_after']:.0%} "
+                                     f"(base {kept['smalltalk_exact_before']:.0%})")
+    shares = [v for k, v in kept.items() if k.startswith("free_share_l")]
+    if shares:
+        results["free_share_min"] = min(shares)
+        results["summary"].insert(3, f"neurons free to learn at the end: {min(shares):.0%} (least free plastic layer)")
     return results
+
+
+def free_shares(learner: Any) -> dict[int, float]:
+    """Per plastic layer, the share of neurons not protected (sparse learners; {} otherwise)."""
+    if learner.update != "sparse":
+        return {}
+    out = {}
+    for layer in learner.plastic_layers:
+        mask = learner.protected(layer)
+        out[layer] = 1.0 if mask is None else 1.0 - float(mask.float().mean())
+    return out
+
+
+def _clock_option(clock: Any) -> dict[str, Any]:
+    """``{"clock": clock}`` when the attached learner takes a clock (LearnerHandle ``clock=``)."""
+    import inspect
+
+    from synclearn.learn.sync import LearnerHandle
+
+    return {"clock": clock} if "clock" in inspect.signature(LearnerHandle).parameters else {}
 
 
 def _progress(total: int, enabled: bool):
@@ -222,9 +291,15 @@ def _progress(total: int, enabled: bool):
 
 
 def _wait_learned(log: Any, rid: int, handle: Any, timeout: float) -> None:
-    """Block until the learner has taken row ``rid`` in (marked learned)."""
+    """Block until the learner has taken row ``rid`` in (marked learned) or set it aside as
+    unlearnable (e.g. an empty reply, which teaches nothing)."""
     deadline = time.monotonic() + timeout
-    while (row := log.get(rid)) is not None and row["learned_at"] is None:
+    set_aside = getattr(getattr(handle, "builder", None), "set_aside", ())
+    def pending(row: dict[str, Any]) -> bool:
+        has_lesson = bool(row["response"] or row["feedback_correction"])  # an empty reply is never offered
+        return row["learned_at"] is None and has_lesson and rid not in set_aside
+
+    while (row := log.get(rid)) is not None and pending(row):
         if not handle.attached:
             raise RuntimeError(f"the learner stopped before learning interaction {rid}: {handle.status()}")
         if time.monotonic() > deadline:
@@ -241,18 +316,23 @@ def _results(out_dir: Path, facts: list[Fact], records: list[dict[str, Any]], R_
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "probes.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["t", "fact", "group", "delay", "exact", "ranked", "rank", "version",
-                                               "reply", "name", "attribute", "value"])
+                                               "reply", "exact_other", "ranked_other", "reply_other", "name",
+                                               "attribute", "value"])
         writer.writeheader()
         for r in records:
             writer.writerow({**r, **facts[r["fact"]].to_dict()})
     d = np.array([r["delay"] for r in records], dtype=float)
     exact = np.array([r["exact"] for r in records], dtype=float)
     ranked = np.array([r["ranked"] for r in records], dtype=float)
+    exact_other = np.array([r["exact_other"] for r in records], dtype=float)
+    ranked_other = np.array([r["ranked_other"] for r in records], dtype=float)
     out: dict[str, Any] = {"facts": len(facts), "interactions": interactions, "probes": len(records)}
     for k in delays:
         sel = d == k
         out[f"recall_d{k}"] = float(exact[sel].mean()) if sel.any() else float("nan")
         out[f"rank_recall_d{k}"] = float(ranked[sel].mean()) if sel.any() else float("nan")
+        out[f"recall_other_d{k}"] = float(exact_other[sel].mean()) if sel.any() else float("nan")
+        out[f"rank_recall_other_d{k}"] = float(ranked_other[sel].mean()) if sel.any() else float("nan")
     curves = {"exact match": M.retention_by_delay(d, exact), "rank among candidates": M.retention_by_delay(d, ranked)}
     fits = {"exact match": M.fit_half_life(d, exact), "rank among candidates": M.fit_half_life(d, ranked)}
     out["half_life"] = fits["exact match"].half_life
@@ -286,8 +366,10 @@ def _results(out_dir: Path, facts: list[Fact], records: list[dict[str, Any]], R_
         "learner_errors": status["errors"][-5:],
     }
     recall = " | ".join(f"{k}: {out[f'recall_d{k}']:.0%}/{out[f'rank_recall_d{k}']:.0%}" for k in delays)
+    other = " | ".join(f"{k}: {out[f'recall_other_d{k}']:.0%}/{out[f'rank_recall_other_d{k}']:.0%}" for k in delays)
     lines = [f"chat-facts: {len(facts)} facts over {interactions} interactions, {status['steps']} learner steps",
              f"recall by delay (exact/rank): {recall}",
+             f"asked in other words (exact/rank): {other}",
              f"BWT {100 * out['bwt']:+.1f} pts, forgetting {100 * out['forgetting']:.1f} pts, ACC {out['acc']:.0%} "
              f"(rank: BWT {100 * out['bwt_rank']:+.1f}, forgetting {100 * out['forgetting_rank']:.1f})"]
     if lat is not None:

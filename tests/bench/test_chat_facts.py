@@ -83,7 +83,7 @@ def test_probe_scores_a_model_that_learned_the_fact(model):
 def run_tiny(model, tmp_path, memory, **options):
     learner = Learner(model, None, update="sparse", neuron_fraction=0.25, plastic_layers=1, lr=1e-2, seed=0)
     memory.bind(learner, uniform)
-    settings = dict(n_facts=4, n_groups=2, gap=1, delays=[0, 3], latency_prompts=2, progress=False)
+    settings = dict(n_facts=4, n_groups=2, gap=1, delays=[0, 3], latency_prompts=2, progress=False, retention_probes=4)
     with InteractionLog(tmp_path / "log.db") as log:
         out = chat_facts.run(model, learner, log, tmp_path, memory=memory, serve=ServeSettings(max_new_tokens=8),
                              seed=0, **{**settings, **options})
@@ -96,10 +96,10 @@ def test_run_writes_metrics_probes_and_plots(model, tmp_path):
                          consolidate_every=2)
     out, rows, learner = run_tiny(model, tmp_path, memory)
     assert out["facts"] == 4 and out["interactions"] == 8 + 2 and out["probes"] == 8
-    # the user waits until each turn is learned: one step per turn (an empty reply alone teaches nothing)
+    # the user waits until each turn is learned: rehearsed, at most new_repeats steps per turn
     stream = [r for r in rows if r["id"] <= 10]
     assert all(r["learned_at"] is not None for r in stream) and out["learner_errors"] == 0
-    assert 4 <= out["learner_steps"] <= 10
+    assert 4 <= out["learner_steps"] <= memory.new_repeats * 10
     assert any(learner.protected(layer) is not None for layer in learner.plastic_layers), "consolidation locked neurons"
     for key in ("recall_d0", "recall_d3", "rank_recall_d0", "acc", "bwt", "forgetting", "fwt", "half_life",
                 "latency_overhead_p50", "token_ms_p50_detached", "token_ms_p50_attached"):
@@ -115,6 +115,43 @@ def test_run_writes_metrics_probes_and_plots(model, tmp_path):
     assert len(taught) == 4 and out["corrected_turns"] >= 4  # facts, and small talk the model got wrong
     assert any("recall by delay" in line for line in out["summary"])
     json.dumps({k: v for k, v in out.items() if k != "summary"})  # metrics are JSON-ready
+    for key in ("recall_other_d0", "recall_other_d3", "text_nll_change", "chat_nll_change", "locality",
+                "format_share_before", "free_share_l1"):
+        assert isinstance(out[key], float), key
+    assert any("base retention" in line for line in out["summary"])
+    assert any("other words" in line for line in out["summary"])
+
+
+TIMING = ("_s", "_ms", "_p50", "_p99", "_stream")  # wall-clock figures (suffixes) vary run to run
+
+
+def figures(out):
+    return {k: "nan" if v != v else v for k, v in out.items()
+            if isinstance(v, (int, float)) and not k.endswith(TIMING) and "latency" not in k}
+
+
+def test_same_seed_same_figures_with_retention_replay_and_the_memory_manager(model, tmp_path):
+    """Replay by retention reads the benchmark's clock, not the wall clock: two runs agree."""
+    from synclearn.memory import MemoryManager, RetentionAware
+
+    runs = []
+    for k in range(2):
+        memory = MemoryManager(replay_ratio=0.5, batch_size=2, new_repeats=3, learned_loss=0.05, background="none",
+                               protection={"budget": 0.4, "half_life_steps": 5})
+        learner = Learner(model if k == 0 else type(model)(model.config), None, update="sparse", neuron_fraction=0.25,
+                          plastic_layers=1, lr=1e-2, seed=0, memory=memory)
+        if k == 1:
+            learner.model.load_state_dict(initial)
+        else:
+            initial = {n: t.clone() for n, t in model.state_dict().items()}
+        memory.bind(learner, RetentionAware())
+        with InteractionLog(tmp_path / f"log{k}.db") as log:
+            out = chat_facts.run(learner.model, learner, log, tmp_path / f"run{k}", memory=memory,
+                                 serve=ServeSettings(max_new_tokens=8), seed=0, n_facts=4, n_groups=2, gap=1,
+                                 delays=[0, 3], latency_prompts=0, progress=False, retention_probes=4)
+        runs.append(figures(out))
+    assert runs[0] == runs[1]
+    assert runs[0]["probes"] == 8 and "free_share_l1" in runs[0] and "recall_other_d3" in runs[0]
 
 
 def test_facts_from_a_file_and_paraphrased_probes(model, tmp_path):
