@@ -1,22 +1,26 @@
-"""The OpenAI-style wire format of the server: request schemas, limits, errors, body reading.
+"""The OpenAI-style wire format of the server: request schemas, limits, errors.
 
-Every check here runs before the server touches a session, the model or the log, so a bad
-request changes nothing. Schemas are strict (no type coercion: ``"1"`` is not a number,
-``1`` is not a boolean); unknown OpenAI fields are accepted and ignored in completions, and
-rejected in synclearn's own control requests.
+The request bodies are pydantic models; FastAPI validates them and describes them in
+``/openapi.json``. Every check here runs before the server touches a session, the model or
+the log, so a bad request changes nothing. Schemas are strict (no type coercion: ``"1"`` is
+not a number, ``1`` is not a boolean); unknown OpenAI fields are accepted and ignored in
+completions, and rejected in synclearn's own control requests.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from synclearn.chat.runtime import ATTACH_OPTIONS
+from synclearn.options import AttachOptions, pydantic_model
+
+SESSION_HEADER = "X-Session-Id"
+SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SESSION_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -"
 
 # ---------------------------------------------------------------------------------------- errors
 class APIError(Exception):
@@ -34,13 +38,17 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
-def _validation_error(err: ValidationError) -> APIError:
-    problems = []
-    for e in err.errors()[:5]:
-        loc = ".".join(str(p) for p in e["loc"])
-        problems.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    first = err.errors()[0]["loc"] if err.errors() else ()
-    return APIError(400, "invalid request: " + "; ".join(problems), param=str(first[0]) if first else None,
+def validation_error(errors: list[dict]) -> APIError:
+    """A 400 naming the first problems of a pydantic/FastAPI validation (``errors()`` list)."""
+    problems, params = [], []
+    for e in errors[:5]:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "header", "query", "path")]
+        problems.append(f"{'.'.join(loc)}: {e['msg']}" if loc else e["msg"])
+        params.append(loc[0] if loc else None)
+    if errors and errors[0].get("type") == "json_invalid":
+        return APIError(400, f"malformed JSON body: {errors[0].get('ctx', {}).get('error', errors[0]['msg'])}",
+                        code="invalid_json")
+    return APIError(400, "invalid request: " + "; ".join(problems), param=params[0] if params else None,
                     code="invalid_value")
 
 
@@ -101,82 +109,57 @@ class ChatCompletionRequest(_Strict):
     the ones that would silently change the meaning (tools, n > 1, logprobs)."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    stream: bool = False
+    model: str = Field(description="the served model's id (GET /v1/models)")
+    messages: list[Message] = Field(min_length=1, description=(
+        "an optional first system (or developer) message, then user and assistant messages alternating, "
+        "ending with a user message"))
+    stream: bool = Field(False, description="server-sent events, one chunk per piece of text")
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, description=(
+        "longest answer, in tokens of the model's own tokenizer (bytes for the byte-level tokenizer of the "
+        "MCSD models); default and upper limit are the server's"))
+    max_completion_tokens: int | None = Field(None, ge=1, description="same as max_tokens (wins when both are given)")
+    temperature: float | None = Field(None, ge=0, le=2, description="0: greedy; default: the server's")
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int | None = Field(None, ge=1, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    user: str | None = None
-    logprobs: bool | None = None
-    tools: list | None = None
-    functions: list | None = None
+    n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
+    stop: str | list[str] | None = Field(None, description="up to 4 non-empty strings that end the answer")
+    seed: int | None = Field(None, description="sampling seed, for a reproducible answer")
+    user: str | None = Field(None, description=(
+        f"names the conversation (session) when no {SESSION_HEADER} header is given ({SESSION_ID_RULE})"))
+    logprobs: bool | None = Field(None, description="not supported")
+    tools: list | None = Field(None, description="not supported")
+    functions: list | None = Field(None, description="not supported")
 
 
-class AttachRequest(_Strict):
-    batch_size: int = Field(4, ge=1, le=256)
-    replay_ratio: float = Field(0.5, ge=0, le=1)
-    idle_replay: bool = False
-    max_steps: int | None = Field(None, ge=1)
-    max_defer_s: float = Field(2.0, ge=0, le=3600)
-    poll_s: float = Field(0.5, gt=0, le=60)
-    learn_threads: int = Field(1, ge=1, le=256)
-    idle_only: bool = True
-    on_error: Literal["continue", "stop"] = "continue"
-    seed: int | None = None
+# The attach body: every AttachOptions field, each optional (omitted: the server's default).
+AttachRequest = pydantic_model(AttachOptions, name="AttachRequest", optional=True)
 
 
 class FeedbackRequest(_Strict):
-    interaction_id: int | None = None
-    score: float | None = Field(None, ge=-1, le=1)
-    correction: str | None = Field(None, min_length=1)
+    interaction_id: int | None = Field(None, description="one of the session's answers (default: its last)")
+    score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False, description="-1 (bad) .. 1 (good)")
+    correction: str | None = Field(None, min_length=1, description="the answer it should have given; learned from")
 
 
 class ForgetRequest(_Strict):
-    session: Literal[True] | None = None
-    match: str | None = Field(None, min_length=1)
-    ids: list[int] | None = Field(None, min_length=1)
-    mode: Literal["exact", "approximate", "auto"] = "exact"
+    """Exactly one selector: ``session``, ``match``, ``ids`` or a time range (``since`` and/or
+    ``until``). ``scope="all"`` (the operator: admin key, or the local owner on loopback when
+    the server has no key) selects across every session; otherwise only the caller's rows."""
 
+    session: Literal[True] | None = Field(None, description="the whole conversation of the X-Session-Id")
+    match: str | None = Field(None, min_length=1, description="rows whose prompt, answer or correction contain it")
+    ids: list[int] | None = Field(None, min_length=1, description="interaction ids")
+    since: float | None = Field(None, allow_inf_nan=False, description="rows logged at or after (Unix seconds)")
+    until: float | None = Field(None, allow_inf_nan=False, description="rows logged before (Unix seconds)")
+    scope: Literal["session", "all"] = Field("session", description="'all': every session (operator only)")
+    mode: Literal["exact", "approximate", "auto"] = Field("exact", description=(
+        "exact: bitwise the model that never learned the rows (needs the step journal); approximate: "
+        "unlearning by gradient ascent; auto: exact when possible"))
 
-assert set(AttachRequest.model_fields) == set(ATTACH_OPTIONS)
+    def selectors(self) -> list[str]:
+        given = [k for k in ("session", "match", "ids") if getattr(self, k) is not None]
+        return given + (["since/until"] if self.since is not None or self.until is not None else [])
 
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-async def read_json(request: Request, limit: int, *, empty_ok: bool = False) -> dict:
-    """The request body as a JSON object, read at most ``limit`` bytes far."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise APIError(413, f"request body over the limit of {limit} bytes", code="body_too_large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise APIError(413, f"request body over the limit of {limit} bytes", code="body_too_large")
-    if not body.strip() and empty_ok:
-        return {}
-    try:
-        data = json.loads(bytes(body), parse_constant=_no_constants)
-    except (ValueError, RecursionError) as err:
-        raise APIError(400, f"malformed JSON body: {err}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, f"the body must be a JSON object, got {type(data).__name__}", code="invalid_json")
-    return data
-
-
-def parse(model: type[BaseModel], data: dict) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise _validation_error(err) from None
 
 
 def clean_text(text: str, where: str) -> str:

@@ -1,60 +1,75 @@
 """An OpenAI-compatible server over a :class:`~synclearn.chat.runtime.Runtime` (FastAPI + uvicorn).
 
-Routes:
+Routes (the request bodies are pydantic models, so ``GET /openapi.json`` describes them and
+``GET /docs`` renders that schema; /docs loads Swagger UI's script from its CDN, the schema
+itself needs nothing from outside):
 
+* ``GET /``: the dashboard, a page to chat with the model and watch the learner live
+  (:mod:`synclearn.chat.web`).
 * ``POST /v1/chat/completions``: the OpenAI schema, streaming (SSE) or not.
   ``system_fingerprint`` is ``"wv<N>"``, N the weight version of the last token (in a stream,
   each chunk carries the version current when it was sent; the last one, the last token's).
   Each response also carries ``synclearn: {session_id, interaction_id, versions, prefilled_tokens}``.
 * ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (never needs the key).
 * ``POST /v1/learner/attach`` (body: optional attach options), ``POST /v1/learner/detach``,
-  ``GET /v1/learner/status``.
+  ``GET /v1/learner/status`` (also: sessions, the log's learned/pending rows, recent forgets).
 * ``POST /v1/feedback``: ``{"interaction_id"?: int, "score"?: -1..1, "correction"?: str}``
   (default: the session's last answer).
 * ``POST /v1/forget``: exactly one of ``{"session": true}``, ``{"match": str}``,
-  ``{"ids": [int]}``, plus ``"mode": "exact" | "approximate" | "auto"``; returns the ForgetReport.
+  ``{"ids": [int]}``, ``{"since"?: t, "until"?: t}``, plus ``"mode": "exact" | "approximate" |
+  "auto"`` and ``"scope": "session" | "all"``; returns the ForgetReport.
 
 Sessions: the ``X-Session-Id`` request header names the conversation (1-128 characters of
-``A-Z a-z 0-9 . _ : -``). Without it, the server starts a new one; every response returns the
-id in its ``X-Session-Id`` header. Session ids are capabilities: feedback and forget act only
-on rows logged under the caller's id, and other sessions' rows are reported as not found.
+``A-Z a-z 0-9 . _ : -``); without it, a completion's OpenAI ``user`` field does (the official
+client cannot send custom headers per call without ``extra_headers``, but it sends ``user``).
+Without either, the server starts a new one; every response returns the id in its
+``X-Session-Id`` header. Session ids are capabilities: feedback and forget act only on rows
+logged under the caller's id, and other sessions' rows are reported as not found.
 OpenAI clients resend the whole history: when a request's messages are the session's
 conversation so far plus one new user message, only that message is fed (the model state
 carries the rest); otherwise the session is reset and the given history is prefilled (it is
-not logged again). Sessions live in an LRU table of ``max_sessions`` entries; an evicted
-session is rebuilt by the same prefill. Turns of one session run one at a time.
+not logged again). Sessions live in an LRU table of ``max_sessions`` entries (an entry in use
+is never evicted); an evicted session is rebuilt by the same prefill. Turns of one session
+run one at a time.
 
-Messages: an optional first system (or developer) message, then user and assistant messages
-alternating, ending with a user message; content is a string or a list of text parts.
+Operator scope: ``"scope": "all"`` forgets across every session (the model's own replies
+included). It is for the device's owner: a request with ``Authorization: Bearer
+<admin key>`` when the server has an admin key, or, when the server has no key at all, a
+request from the loopback interface. Everyone else gets 403.
 
-Safe by default: binds 127.0.0.1; with an API key, every route but ``/health`` needs
-``Authorization: Bearer <key>``. Every bad request (malformed JSON, wrong types, unknown
-model or route, missing or wrong key, body/prompt/max_tokens over the limits) gets a 4xx with
-an OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` body and is rejected
-before any model call or log write (the checks live in :mod:`synclearn.chat.openai_api`).
+Safe by default: binds 127.0.0.1; with an API key, every route but ``/health``, the page and
+the schema needs ``Authorization: Bearer <key>`` (the admin key works too). Every bad request
+(malformed JSON, wrong types, unknown model or route, missing or wrong key, body/prompt/
+max_tokens over the limits) gets a 4xx with an OpenAI-style ``{"error": {"message", "type",
+"param", "code"}}`` body and is rejected before any model call or log write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
-import re
 import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
-from typing import Any, Callable
+from pathlib import Path
+from typing import Annotated, Any, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from synclearn.chat.openai_api import (
+    SESSION_HEADER,
+    SESSION_ID,
+    SESSION_ID_RULE,
     APIError,
     AttachRequest,
     ChatCompletionRequest,
@@ -62,15 +77,14 @@ from synclearn.chat.openai_api import (
     ForgetRequest,
     ServerLimits,
     clean_text,
-    parse,
-    read_json,
     split_messages,
+    validation_error,
 )
 from synclearn.chat.runtime import Conflict, NotFound, Runtime
 from synclearn.memory import LogError, LogInputError, LogNotFoundError
 
-SESSION_HEADER = "X-Session-Id"
-_SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+WEB = Path(__file__).with_name("web")
+OPEN_PATHS = ("/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect")  # never need the key
 
 
 # ---------------------------------------------------------------------------------------- sessions
@@ -78,10 +92,15 @@ class _Entry:
     def __init__(self, chat: Any) -> None:
         self.chat, self.system = chat, None
         self.lock = threading.Lock()  # one turn (or forget) of this session at a time
+        self.users = 0  # requests holding the entry (between get and release): never evicted
 
 
 class SessionTable:
-    """Conversation id -> ChatSession, least recently used evicted past ``capacity``."""
+    """Conversation id -> ChatSession, least recently used evicted past ``capacity``.
+
+    ``get`` pins the entry until ``release``: an entry in use is never evicted, so two
+    requests of one session always share one ChatSession (and its lock).
+    """
 
     def __init__(self, runtime: Runtime, capacity: int) -> None:
         self.runtime, self.capacity = runtime, capacity
@@ -92,21 +111,36 @@ class SessionTable:
         return len(self._entries)
 
     def get(self, session_id: str) -> _Entry:
+        """The session's entry, pinned (call :meth:`release` when done)."""
         with self._lock:
             entry = self._entries.get(session_id)
             if entry is None:
                 entry = self._entries[session_id] = _Entry(self.runtime.new_session(session_id))
+            entry.users += 1
             self._entries.move_to_end(session_id)
-            for sid in list(self._entries)[:-1]:  # oldest first; never one in use
-                if len(self._entries) <= self.capacity:
-                    break
-                if not self._entries[sid].lock.locked():
-                    del self._entries[sid]
+            self._evict()
             return entry
+
+    def release(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.users -= 1
+            self._evict()
+
+    def _evict(self) -> None:
+        for sid in list(self._entries):  # oldest first; never one in use
+            if len(self._entries) <= self.capacity:
+                break
+            if self._entries[sid].users == 0:
+                del self._entries[sid]
 
     def drop(self, session_id: str) -> None:
         with self._lock:
             self._entries.pop(session_id, None)
+
+    def clear(self) -> None:
+        """Forget every session's state (after an operator forget: they may hold what was said)."""
+        with self._lock:
+            self._entries.clear()
 
     def prepare(self, entry: _Entry, system: str | None, history: list[dict[str, str]]) -> Any:
         """The entry's ChatSession, positioned right after ``history`` (call with entry.lock held)."""
@@ -121,17 +155,23 @@ class SessionTable:
         return chat
 
 
-# ---------------------------------------------------------------------------------------- the app
-class _BearerAuth:
-    """Pure ASGI middleware: every route but /health needs ``Authorization: Bearer <key>``."""
+# ---------------------------------------------------------------------------------------- middleware
+def _bearer(scope: dict) -> bytes | None:
+    return next((v for k, v in scope["headers"] if k == b"authorization"), None)
 
-    def __init__(self, app: Any, key: str) -> None:
-        self.app, self.key = app, key.encode()
+
+class _BearerAuth:
+    """Pure ASGI middleware: every route but :data:`OPEN_PATHS` and the page's files needs
+    ``Authorization: Bearer <key>`` (one of ``keys``)."""
+
+    def __init__(self, app: Any, keys: list[str]) -> None:
+        self.app, self.keys = app, [k.encode() for k in keys]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-            if given is None or not given.startswith(b"Bearer ") or not hmac.compare_digest(given[7:], self.key):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not scope["path"].startswith("/web/"):
+            given = _bearer(scope)
+            if given is None or not given.startswith(b"Bearer ") or \
+                    not any(hmac.compare_digest(given[7:], k) for k in self.keys):
                 code = "missing_api_key" if given is None else "invalid_api_key"
                 err = APIError(401, "a valid API key is required: Authorization: Bearer <key>",
                                type="authentication_error", code=code)
@@ -140,17 +180,61 @@ class _BearerAuth:
         await self.app(scope, receive, send)
 
 
-def _session_id(request: Request, *, required: bool) -> str:
-    sid = request.headers.get(SESSION_HEADER)
+class _BodyLimit:
+    """Pure ASGI middleware: a request body over ``limit`` bytes gets 413 before any route reads it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = APIError(413, f"request body over the limit of {self.limit} bytes", code="body_too_large")
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await too_large.response()(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await too_large.response()(scope, receive, send)
+            if not message.get("more_body"):
+                break
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _session_id(header: str | None, *, required: bool, user: str | None = None) -> str:
+    sid, where = (header, SESSION_HEADER) if header is not None else (user, "user")
     if sid is None:
         if required:
             raise APIError(400, f"this request needs the {SESSION_HEADER} header of the conversation",
                            param=SESSION_HEADER, code="missing_session")
         return uuid.uuid4().hex
-    if not _SESSION_ID.match(sid):
-        raise APIError(400, f"{SESSION_HEADER} must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-                       param=SESSION_HEADER, code="invalid_value")
+    if not SESSION_ID.match(sid):
+        raise APIError(400, f"{where} names the session and must be {SESSION_ID_RULE}", param=where,
+                       code="invalid_value")
     return sid
+
+
+def _is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+SessionHeader = Annotated[str | None, Header(alias=SESSION_HEADER, description=(
+    f"the conversation ({SESSION_ID_RULE}); a completion without it (and without `user`) starts a new one, "
+    "returned in the response's X-Session-Id header"))]
 
 
 def _finish_reason(stop_reason: str) -> str:
@@ -158,14 +242,17 @@ def _finish_reason(stop_reason: str) -> str:
 
 
 def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str | None = None,
-               limits: ServerLimits | None = None, temperature: float = 0.7, top_p: float = 1.0,
-               close_runtime: bool = True) -> FastAPI:
+               admin_key: str | None = None, limits: ServerLimits | None = None, temperature: float = 0.7,
+               top_p: float = 1.0, close_runtime: bool = True) -> FastAPI:
     """The FastAPI app serving ``runtime``.
 
     Args:
         runtime: the model, log and learner to serve.
         model_name: the id clients put in ``model`` (default: the runtime's base name).
-        api_key: when set, every route but /health needs ``Authorization: Bearer <api_key>``.
+        api_key: when set, every route but /health, / and the schema needs
+            ``Authorization: Bearer <api_key>`` (or the admin key).
+        admin_key: the operator's key: forget across all sessions (``scope: "all"``). Without
+            any key, loopback clients are the operator.
         limits: request limits. temperature, top_p: defaults when a request gives none.
         close_runtime: close the runtime (detach, final checkpoint, close the log) on shutdown.
     """
@@ -174,6 +261,7 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
     created = int(time.time())
     sessions = SessionTable(runtime, limits.max_sessions)
     tok = runtime.model.tokenizer
+    forgets: deque[dict] = deque(maxlen=20)  # recent forget summaries, for the status and the page
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -181,10 +269,21 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
         if close_runtime:
             await run_in_threadpool(runtime.close)
 
-    app = FastAPI(title="synclearn", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    if api_key:
-        app.add_middleware(_BearerAuth, key=api_key)
+    app = FastAPI(title="synclearn", version="1", lifespan=lifespan, redoc_url=None, description=(
+        "An OpenAI-compatible server whose model learns from its own use. `GET /` is a page to chat with it and "
+        "watch the learner."))
+    app.add_middleware(_BodyLimit, limit=limits.max_body_bytes)
+    keys = [k for k in (api_key, admin_key) if k]
+    if keys:
+        app.add_middleware(_BearerAuth, keys=keys)
     app.state.runtime, app.state.sessions, app.state.limits = runtime, sessions, limits
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
+
+    def is_operator(request: Request) -> bool:
+        if admin_key:
+            given = request.headers.get("authorization", "")
+            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), admin_key.encode())
+        return not api_key and _is_loopback(request)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
@@ -197,7 +296,7 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
 
     @app.exception_handler(RequestValidationError)
     async def _request_error(request: Request, err: RequestValidationError) -> JSONResponse:
-        return APIError(400, f"invalid request: {err.errors()[:3]}", code="invalid_value").response()
+        return validation_error(list(err.errors())).response()
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception) -> JSONResponse:
@@ -217,18 +316,22 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
             raise APIError(400, str(err), code="invalid_value") from None
 
     # -- info -------------------------------------------------------------------------------------
-    @app.get("/health")
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    @app.get("/health", summary="Liveness (never needs the key)")
     async def health() -> dict:
         return {"status": "ok"}
 
     def model_card() -> dict:
         return {"id": name, "object": "model", "created": created, "owned_by": "synclearn"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", summary="The served model")
     async def models() -> dict:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", summary="One model by id")
     async def model(model_id: str) -> dict:
         if model_id != name:
             raise APIError(404, f"model {model_id!r} does not exist; this server serves {name!r}",
@@ -246,13 +349,15 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
         system, history, text = split_messages(req.messages)
         max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
         if max_tokens > limits.max_tokens:
-            raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {limits.max_tokens}",
-                           param="max_tokens", code="invalid_value")
+            raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {limits.max_tokens} "
+                                f"(tokens of the model's tokenizer)", param="max_tokens", code="invalid_value")
         stop = req.stop
         if stop is not None:
             stops = [stop] if isinstance(stop, str) else stop
             if len(stops) > 4 or not all(stops):
                 raise APIError(400, "stop must be up to 4 non-empty strings", param="stop", code="invalid_value")
+            for i, piece in enumerate(stops):
+                clean_text(piece, f"stop[{i}]")
         msgs = ([{"role": "system", "content": system}] if system is not None else []) + history
         prompt_tokens = len(tok.chat(msgs + [{"role": "user", "content": text}]))
         if prompt_tokens > limits.max_prompt_tokens:
@@ -267,8 +372,8 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
                  on_piece: Callable[[str], bool]) -> Any:
         """One turn of session ``sid`` (blocking); None when ``on_piece`` asked to stop."""
         runtime.load.enter()
+        entry = sessions.get(sid)
         try:
-            entry = sessions.get(sid)
             with entry.lock:
                 chat = sessions.prepare(entry, system, history)
                 pieces = chat.stream(text, **sampling)
@@ -280,6 +385,7 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
                     pieces.close()
                 return chat.last_reply
         finally:
+            sessions.release(entry)
             runtime.load.leave()
 
     def extra(sid: str, reply: Any) -> dict:
@@ -290,10 +396,9 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
         return {"prompt_tokens": prompt_tokens, "completion_tokens": reply.completion_tokens,
                 "total_tokens": prompt_tokens + reply.completion_tokens}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        sid = _session_id(request, required=False)
-        req = parse(ChatCompletionRequest, await read_json(request, limits.max_body_bytes))
+    @app.post("/v1/chat/completions", summary="Chat completion (OpenAI schema), streaming or not")
+    async def chat_completions(req: ChatCompletionRequest, x_session_id: SessionHeader = None) -> Any:
+        sid = _session_id(x_session_id, required=False, user=req.user)
         system, history, text, sampling, prompt_tokens = validate(req)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         headers = {SESSION_HEADER: sid}
@@ -369,27 +474,30 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
             cancel.set()  # a client that went away stops the turn at its next token
 
     # -- learner control --------------------------------------------------------------------------
-    @app.post("/v1/learner/attach")
-    async def attach(request: Request) -> dict:
-        options = parse(AttachRequest, await read_json(request, limits.max_body_bytes, empty_ok=True))
-        chosen = options.model_dump(exclude_unset=True)
+    @app.post("/v1/learner/attach", summary="Start learning in the background (409 when attached)")
+    async def attach(options: Annotated[AttachRequest | None, Body()] = None) -> dict:
+        chosen = options.model_dump(exclude_none=True) if options is not None else {}
         return await control(lambda: runtime.attach(**chosen))
 
-    @app.post("/v1/learner/detach")
-    async def detach(request: Request) -> dict:
-        await read_json(request, limits.max_body_bytes, empty_ok=True)
+    @app.post("/v1/learner/detach", summary="Stop learning (idempotent)")
+    async def detach() -> dict:
         return await control(runtime.detach)
 
-    @app.get("/v1/learner/status")
+    def full_status() -> dict:
+        out = runtime.status()
+        pending = len(runtime.log.ids(learned=False))
+        return {**out, "sessions": len(sessions), "log": {"rows": out["log_rows"], "learned": out["log_rows"] - pending,
+                                                          "pending": pending},
+                "recent_forgets": list(forgets)}
+
+    @app.get("/v1/learner/status", summary="Weight version, learner steps and loss, log, recent forgets")
     async def status() -> dict:
-        out = await control(runtime.status)
-        return {**out, "sessions": len(sessions)}
+        return await control(full_status)
 
     # -- feedback and forgetting ------------------------------------------------------------------
-    @app.post("/v1/feedback")
-    async def feedback(request: Request) -> dict:
-        sid = _session_id(request, required=True)
-        req = parse(FeedbackRequest, await read_json(request, limits.max_body_bytes))
+    @app.post("/v1/feedback", summary="Score or correct one of the session's answers")
+    async def feedback(req: FeedbackRequest, x_session_id: SessionHeader = None) -> dict:
+        sid = _session_id(x_session_id, required=True)
         if req.score is None and req.correction is None:
             raise APIError(400, "feedback needs a score, a correction, or both", param="score", code="invalid_value")
         if req.correction is not None:
@@ -398,26 +506,64 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
                                                      correction=req.correction))
         return {"session_id": sid, **out}
 
-    @app.post("/v1/forget")
-    async def forget(request: Request) -> dict:
-        sid = _session_id(request, required=True)
-        req = parse(ForgetRequest, await read_json(request, limits.max_body_bytes))
-        given = [k for k in ("session", "match", "ids") if getattr(req, k) is not None]
+    def remember(report: dict, scope: str, selector: str) -> None:
+        forgets.appendleft({"at": time.time(), "scope": scope, "selector": selector, "mode": report.get("mode"),
+                            "deleted": report.get("deleted"), "ids": len(report.get("ids") or []),
+                            "version_after": report.get("version_after")})
+
+    @app.post("/v1/forget", summary="Forget rows: out of the log and out of the weights")
+    async def forget(req: ForgetRequest, request: Request, x_session_id: SessionHeader = None) -> dict:
+        given = req.selectors()
         if len(given) != 1:
-            raise APIError(400, f"forget needs exactly one of session, match, ids; got {given or 'none'}",
+            raise APIError(400, f"forget needs exactly one of session, match, ids, since/until; got {given or 'none'}",
                            code="invalid_value")
         if req.match is not None:
             clean_text(req.match, "match")
+        if req.since is not None and req.until is not None and not req.since < req.until:
+            raise APIError(400, f"the time range is empty: since={req.since} >= until={req.until}", param="since",
+                           code="invalid_value")
+        if req.scope == "all":
+            if not is_operator(request):
+                raise APIError(403, "scope 'all' is for the device's owner: send the server's admin key "
+                                    "(Authorization: Bearer <admin key>)", type="permission_error",
+                               param="scope", code="forbidden")
+            if req.session is not None:
+                raise APIError(400, "session: true forgets one conversation; with scope 'all' use match, ids or "
+                                    "since/until", param="session", code="invalid_value")
+
+            def run_all() -> dict:
+                report = runtime.forget_everywhere(ids=req.ids, match=req.match, since=req.since, until=req.until,
+                                                   mode=req.mode)
+                sessions.clear()  # every session's state may hold what was said
+                return report
+
+            report = await control(run_all)
+            remember(report, "all", given[0])
+            return report
+        sid = _session_id(x_session_id, required=True)
 
         def run() -> dict:
             entry = sessions.get(sid)
-            with entry.lock:  # not while this session's own turn is running
-                report = runtime.forget(sid, ids=req.ids, match=req.match, everything=bool(req.session),
-                                        mode=req.mode)
-                sessions.drop(sid)  # its state still holds what was said
+            try:
+                with entry.lock:  # not while this session's own turn is running
+                    ids = req.ids
+                    if given == ["since/until"]:
+                        lo = float("-inf") if req.since is None else req.since
+                        hi = float("inf") if req.until is None else req.until
+                        ids = [r["id"] for r in runtime.log.by_session(sid) if lo <= r["created_at"] < hi]
+                        if not ids:
+                            return {"mode": "noop", "ids": [], "deleted": 0,
+                                    "note": "nothing of this session in that time range; nothing changed"}
+                    report = runtime.forget(sid, ids=ids, match=req.match, everything=bool(req.session),
+                                            mode=req.mode)
+                    sessions.drop(sid)  # its state still holds what was said
+            finally:
+                sessions.release(entry)
             return report
 
-        return {"session_id": sid, **await control(run)}
+        report = await control(run)
+        remember(report, "session", given[0])
+        return {"session_id": sid, **report}
 
     return app
 

@@ -6,7 +6,7 @@ import pytest
 
 from synclearn.chat.runtime import Runtime
 
-MODEL = "mcsd-tiny"
+MODEL = "mcsd-tiny-random"
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

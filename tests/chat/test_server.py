@@ -203,7 +203,7 @@ def _bad_requests(url, key):
         ("attach without key", 401, lambda: post("/v1/learner/attach", {}, headers={})),
         ("malformed JSON", 400, lambda: post(chat, content=b'{"model": ')),
         ("not an object", 400, lambda: post(chat, [ok_body])),
-        ("NaN", 400, lambda: post(chat, content=b'{"model": "mcsd-tiny", "messages": [], "temperature": NaN}')),
+        ("NaN", 400, lambda: post(chat, content=b'{"model": "mcsd-tiny-random", "messages": [], "temperature": NaN}')),
         ("missing messages", 400, lambda: post(chat, {"model": MODEL})),
         ("empty messages", 400, lambda: post(chat, {"model": MODEL, "messages": []})),
         ("messages not a list", 400, lambda: post(chat, {"model": MODEL, "messages": "hi"})),
@@ -220,7 +220,7 @@ def _bad_requests(url, key):
         ("n = 2", 400, lambda: post(chat, {**ok_body, "n": 2})),
         ("tools", 400, lambda: post(chat, {**ok_body, "tools": [{"type": "function"}]})),
         ("NUL in content", 400, lambda: post(chat, {"model": MODEL, "messages": [{"role": "user", "content": "a\x00b"}]})),
-        ("lone surrogate", 400, lambda: post(chat, content=b'{"model": "mcsd-tiny", "messages": '
+        ("lone surrogate", 400, lambda: post(chat, content=b'{"model": "mcsd-tiny-random", "messages": '
                                                            b'[{"role": "user", "content": "\\ud800"}]}')),
         ("prompt too long", 400, lambda: post(chat, {"model": MODEL, "messages": [{"role": "user", "content": big}]})),
         ("body too large", 413, lambda: post(chat, {"model": MODEL, "messages": [{"role": "user", "content": big * 10}]})),
@@ -328,3 +328,68 @@ def test_shutdown_checkpoints_and_a_restart_resumes(tmp_path):
         assert again.log.count() == 3 and again.status()["checkpoint"]["seq"] == manifest["seq"]
     finally:
         again.close()
+
+
+def test_the_server_describes_itself(server):
+    schema = httpx.get(server.url + "/openapi.json").json()
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    request = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    assert {"model", "messages", "max_tokens", "stream", "user"} <= set(request["properties"])
+    assert "tokenizer" in request["properties"]["max_tokens"]["description"]
+    assert "X-Session-Id" in [p["name"] for p in schema["paths"]["/v1/feedback"]["post"]["parameters"]]
+    for path in ("/v1/learner/attach", "/v1/forget", "/v1/learner/status"):
+        assert path in schema["paths"]
+    attach = schema["components"]["schemas"]["AttachRequest"]["properties"]
+    assert {"batch_size", "new_repeats", "idle_replay"} <= set(attach)
+    docs = httpx.get(server.url + "/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "synclearn" in page.text
+
+
+def test_the_openai_user_field_names_the_session(server, runtime):
+    client = openai_client(server.url)
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=USER, max_tokens=4, user="carla")
+    assert raw.headers["x-session-id"] == "carla" and len(runtime.log.by_session("carla")) == 1
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=USER, max_tokens=4, user="carla",
+                                                           extra_headers={"X-Session-Id": "dora"})
+    assert raw.headers["x-session-id"] == "dora"  # the header wins
+    with pytest.raises(openai.BadRequestError, match="user"):
+        client.chat.completions.create(model=MODEL, messages=USER, max_tokens=4, user="not a session id!")
+
+
+def test_a_session_in_use_is_never_evicted(runtime):
+    from synclearn.chat.server import SessionTable
+
+    table = SessionTable(runtime, capacity=1)
+    first = table.get("a")  # a request holds "a" (about to take its lock) ...
+    other = table.get("b")  # ... while another session's request arrives and would evict it
+    assert table.get("a") is first  # so two requests of "a" share one ChatSession and its lock
+    for entry in (first, first, other):
+        table.release(entry)
+    table.get("c")
+    assert len(table) == 1  # released entries are evicted again
+
+
+def test_forget_everywhere_needs_the_operator(runtime):
+    with serve_runtime(runtime, api_key="user-key", admin_key="owner-key") as srv:
+        user, owner = {"Authorization": "Bearer user-key"}, {"Authorization": "Bearer owner-key"}
+        for sid, text in (("s1", "my parrot is Kiki"), ("s2", "hello"), ("s3", "the Parrot sings")):
+            completion(openai_client(srv.url, "user-key"), [{"role": "user", "content": text}], session=sid)
+        r = httpx.post(srv.url + "/v1/forget", json={"match": "parrot", "scope": "all"}, headers=user)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+        assert len(runtime.log.select_ids(match="parrot")) == 2
+        r = httpx.post(srv.url + "/v1/forget", json={"match": "parrot", "scope": "all", "mode": "auto"},
+                       headers=owner, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted"] == 2 and r.json()["mode"] in ("exact", "noop")
+        assert [row["prompt"] for row in runtime.log.iter_rows()] == ["hello"]
+        status = httpx.get(srv.url + "/v1/learner/status", headers=owner).json()
+        assert status["recent_forgets"][0]["scope"] == "all" and status["recent_forgets"][0]["deleted"] == 2
+        t = runtime.log.by_session("s2")[0]["created_at"]
+        r = httpx.post(srv.url + "/v1/forget", json={"since": t, "until": t}, headers={**user, "X-Session-Id": "s2"})
+        assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
+        r = httpx.post(srv.url + "/v1/forget", json={"since": t - 1}, headers={**user, "X-Session-Id": "s2"},
+                       timeout=120)
+        assert r.status_code == 200 and runtime.log.count() == 0
