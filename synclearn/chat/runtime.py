@@ -314,6 +314,67 @@ class Runtime:
                     self.handle = self.learner.attach(self.load, **again.kwargs())
         return report.to_dict()
 
+    def forget_everywhere(self, *, ids: list[int] | None = None, match: str | None = None,
+                          since: float | None = None, until: float | None = None, mode: str = "exact") -> dict:
+        """The operator's forget: rows of EVERY session, by ids, text or time; returns the report.
+
+        Exactly one selector: ``ids`` (all must exist), ``match`` (every row whose prompt,
+        response or correction contains the text, case-insensitively, or that the log's
+        full-text search finds: the user's words and the model's own replies alike), or a time
+        range ``since <= created_at < until`` (either end may be open). Built on
+        :meth:`Learner.forget` like :meth:`forget`: the learner is detached for the duration
+        and attached again with the same options. Only the device's owner may call this (the
+        server checks the admin key); users forget with :meth:`forget`.
+
+        Raises:
+            NotFound: some ``ids`` do not exist. ValueError: bad selectors or mode.
+        """
+        from synclearn.learn.forget import ForgetReport
+
+        if mode not in FORGET_MODES:
+            raise ValueError(f"mode={mode!r} (expected one of {FORGET_MODES})")
+        timed = since is not None or until is not None
+        given = [n for n, v in (("ids", ids), ("match", match), ("since/until", timed or None)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"forget needs exactly one of ids, match, since/until; got {given or 'none'}")
+        with self._control:
+            self._check_open()
+            if match is not None:
+                if not isinstance(match, str) or not match.strip():
+                    raise ValueError("match must be non-empty text")
+                needle = match.casefold()
+                chosen = {r["id"] for r in self.log.iter_rows()
+                          if any(needle in (r[k] or "").casefold() for k in ("prompt", "response", "feedback_correction"))}
+                chosen |= {r["id"] for r in self.log.search(match)}
+            elif timed:
+                lo = float("-inf") if since is None else float(since)
+                hi = float("inf") if until is None else float(until)
+                if not lo < hi:
+                    raise ValueError(f"the time range is empty: since={since!r} >= until={until!r}")
+                chosen = {r["id"] for r in self.log.between(lo, hi)}
+            else:
+                if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                    raise ValueError(f"ids must be a list of integers, got {ids!r}")
+                missing = sorted(set(ids) - {r["id"] for r in self.log.get_many(ids)})
+                if missing:
+                    raise NotFound(f"the log has no interactions {missing}")
+                chosen = set(ids)
+            if not chosen:
+                report = ForgetReport(mode="noop", ids=[], version_before=self.version, version_after=self.version,
+                                      note="nothing matched the request; nothing changed")
+                return report.to_dict()
+            was_attached, options = self.attached, dict(self.attach_options)
+            if was_attached:
+                self.detach()
+            try:
+                report = self.learner.forget(ids=sorted(chosen), mode=mode)
+                if report.mode == "approximate":
+                    self.save()  # it changed the weights without a persist call
+            finally:
+                if was_attached:
+                    self.attach(**options)  # the same options as before (the control lock is reentrant)
+        return report.to_dict()
+
     # -- checkpoints -------------------------------------------------------------------------------------
     def save(self, *, force: bool = True) -> dict | None:
         """Checkpoint now; with ``force=False`` only when weights or learner steps changed.
