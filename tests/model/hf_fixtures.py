@@ -46,13 +46,18 @@ def _configs() -> dict:
         "olmo2": (tf.Olmo2Config, tf.Olmo2ForCausalLM, {**_SMALL, **ids}),
         "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM,
                     {**_SMALL, **ids, "num_local_experts": 4, "num_experts_per_tok": 2}),
+        "qwen2_moe": (tf.Qwen2MoeConfig, tf.Qwen2MoeForCausalLM,
+                      {**_SMALL, **ids, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                       "shared_expert_intermediate_size": 64, "decoder_sparse_step": 1}),
     }
 
 
 DENSE_FAMILIES = ("llama", "qwen2", "mistral", "gemma", "phi3", "gpt2", "gpt_neox", "olmo2")
-FAMILIES = (*DENSE_FAMILIES, "mixtral")
+MOE_FAMILIES = ("mixtral", "qwen2_moe")
+FAMILIES = (*DENSE_FAMILIES, *MOE_FAMILIES)
 MLP_FAMILY = {"llama": "gated", "qwen2": "gated", "mistral": "gated", "gemma": "gated", "olmo2": "gated",
-              "phi3": "fused_gated", "gpt2": "plain", "gpt_neox": "plain", "mixtral": "expert"}
+              "phi3": "fused_gated", "gpt2": "plain", "gpt_neox": "plain", "mixtral": "expert",
+              "qwen2_moe": "expert"}
 
 
 def _corpus() -> list[str]:

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MLP_PARAMS = {"gated": ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"),
               "fused_gated": ("mlp.gate_up_proj.weight", "mlp.down_proj.weight"),
               "plain": ("mlp.c_fc.weight", "mlp.c_proj.weight", "mlp.dense_h_to_4h.weight", "mlp.dense_4h_to_h.weight"),
-              "expert": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")}
+              "expert": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.shared_expert.gate_proj.weight",
+                         "mlp.shared_expert.up_proj.weight", "mlp.shared_expert.down_proj.weight")}
 
 
 def weights(model):
@@ -40,16 +41,16 @@ def test_layout_is_the_mlp(family, family_dirs):
     """Each layout computes exactly what its MLP module computes, so its neuron i really is the
     module's intermediate unit i."""
     model = load_model(family_dirs[family])
-    assert set(model.neuron_families) == {MLP_FAMILY[family]}
+    assert set(model.neuron_families) - {"gated"} == {MLP_FAMILY[family]} - {"gated"}
     x = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     units = list(zip(model.neuron_layouts(), model.mlps, model.neuron_layer_names))
-    if family == "mixtral":  # expert e alone: route every token to it with weight 1
-        layout, experts, _ = units[1]
-        out = experts(x, torch.full((5, 1), 1), torch.ones(5, 1))
-        torch.testing.assert_close(layout.forward(x)[0], out, rtol=1e-5, atol=1e-6)
-        return
-    for layout, mlp, name in units:
-        torch.testing.assert_close(layout.forward(x)[0], mlp(x), rtol=1e-5, atol=1e-6, msg=name)
+    for (layout, mlp, name), kind in zip(units, model.neuron_families):
+        if kind == "expert":  # expert e alone: route every token to it with weight 1
+            e = int(name.rsplit(".", 1)[1])
+            out = mlp(x, torch.full((5, 1), e), torch.ones(5, 1))
+        else:
+            out = mlp(x)
+        torch.testing.assert_close(layout.forward(x)[0], out, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_fused_and_transposed_layouts_write_the_right_rows(family_dirs):
@@ -127,7 +128,7 @@ class RefusingLog:
         raise OSError("disk full")
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2_moe"])
 def test_refused_or_abandoned_turn_leaves_the_session_unchanged(family, family_dirs):
     model = load_model(family_dirs[family])
     greedy = dict(max_new_tokens=5, ban=sorted(model.tokenizer.stop_ids))
@@ -211,3 +212,39 @@ def test_exact_forget_is_bitwise_never_learned(family, family_dirs, tmp_path):
     assert all(torch.equal(wa[n], wb[n]) for n in wa)
     a.log.close()
     b.log.close()
+
+
+def test_template_ids_reads_transformers_4_and_5_results(bpe_tokenizer_dir):  # noqa: F811
+    from transformers import BatchEncoding
+
+    from synclearn.model.hf import template_ids
+
+    assert template_ids([1, 2, 3]) == [1, 2, 3]  # 4.x: a list of ids
+    assert template_ids(BatchEncoding({"input_ids": [1, 2], "attention_mask": [1, 1]})) == [1, 2]  # 5.x
+    assert template_ids({"input_ids": torch.tensor([[4, 5]])}) == [4, 5]  # a batch of one, as tensors
+
+
+def test_a_template_closing_turns_with_eos_stops_at_eos(bpe_tokenizer_dir):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    from synclearn.model.hf import HFTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bpe_tokenizer_dir)
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                         "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+    wrapped = HFTokenizer(tok)
+    assert wrapped.END == tok.eos_token_id and wrapped.stop_ids == {tok.eos_token_id}
+    p, r = wrapped.turn("hi", "hello")
+    assert r[-1] == tok.eos_token_id and wrapped.decode(p + r) == "[INST] hi [/INST]hello"
+
+
+def test_an_unknown_mlp_is_refused_naming_the_module(family_dirs):
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    from synclearn.model.hf import HFCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(family_dirs["llama"])
+    hf.model.layers[1].mlp = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.Linear(64, 32))
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp \(Sequential\) has no MLP layout"):
+        HFCausalLM(hf)
