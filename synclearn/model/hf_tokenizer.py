@@ -106,32 +106,47 @@ class HFTokenizer:
             raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
         return text
 
-    def _tokenize_rendered(self, text: str, messages: Sequence[Mapping[str, str]], start: int = 0) -> list[int]:
-        """Tokenize rendered template text: the messages' contents (found in order from
-        ``start``) as plain text, everything between them as template text."""
-        ids: list[int] = []
-        cursor = 0
-        for i, m in enumerate(messages):
-            content = m["content"]
-            for candidate in (content, content.strip()):
-                at = text.find(candidate, cursor) if candidate else -1
-                if at >= 0:
-                    break
+    def _segments(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> list[tuple[str, bool]]:
+        """The rendered conversation as (text, is_message_content) pieces.
+
+        The template is rendered twice: with the real contents, and with each content replaced
+        by a sentinel no text contains. The sentinel rendering shows where the contents go, so
+        message text equal to template text (a role name, ``<|im_end|>``) is never mistaken for
+        it. Templates that trim contents are handled; one that changes them otherwise gets a
+        single piece, accepted only if the contents add no special token to the template's."""
+        real = self._render(messages, add_generation_prompt)
+        marks = [f"\ue000synclearn{i}\ue001" for i in range(len(messages))]
+        marked = self._render([{**m, "content": k} for m, k in zip(messages, marks)], add_generation_prompt)
+        for shown in (lambda c: c, str.strip):
+            pieces: list[tuple[str, bool]] = []
+            rest = marked
+            for m, k in zip(messages, marks):
+                before, found, rest_after = rest.partition(k)
+                if not found:
+                    continue  # the template left this message out (or shows it elsewhere)
+                pieces += [(before, False), (shown(m["content"]), True)]
+                rest = rest_after
+                if k in rest:
+                    break  # a message shown twice: fall through to the next transformation
             else:
-                if not content.strip():
-                    continue
-                raise ValueError(f"the chat template does not reproduce message {start + i}'s content verbatim; "
-                                 "synclearn cannot keep user text from forming special tokens with it")
-            ids += self._template_text_ids(text[cursor:at]) + self._text_ids(candidate)
-            cursor = at + len(candidate)
-        return ids + self._template_text_ids(text[cursor:])
+                pieces.append((rest, False))
+                if "".join(t for t, _ in pieces) == real:
+                    return [p for p in pieces if p[0]]
+        specials = [i for i in self._template_text_ids(marked) if i in self.special_ids]
+        if [i for i in self._template_text_ids(real) if i in self.special_ids] != specials:
+            raise ValueError("the chat template changes the message text in a way synclearn cannot follow, and the "
+                             "messages contain special-token text; refusing to let user text form special tokens")
+        return [(real, False)]
+
+    def _ids(self, pieces: Sequence[tuple[str, bool]]) -> list[int]:
+        return [i for text, content in pieces for i in (self._text_ids(text) if content else self._template_text_ids(text))]
 
     def chat(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
         """Encode a whole conversation with the chat template. With
         ``add_generation_prompt=False`` and a closing assistant message, the ids end at its
         end-of-turn token (what a session's state holds after the turn)."""
         messages = list(messages)
-        ids = self._tokenize_rendered(self._render(messages, add_generation_prompt), messages)
+        ids = self._ids(self._segments(messages, add_generation_prompt))
         if not add_generation_prompt and messages and messages[-1].get("role") == "assistant":
             ids = self._cut_after_last_end(ids)
         return ids
@@ -142,12 +157,17 @@ class HFTokenizer:
         without its preamble (bos, default system prompt)."""
         messages = list(messages)
         history = [{"role": "user", "content": PROBE_USER}, {"role": "assistant", "content": PROBE_REPLY}]
-        full = self._render(history + messages, True)
-        closed = self._render(history, False)
-        cut = self._closed_turn_end(closed)
-        if cut is None or not full.startswith(closed[:cut]):
+        pieces = self._segments(history + messages, True)
+        cut = self._closed_turn_end(self._render(history, False))
+        full = "".join(t for t, _ in pieces)
+        if cut is None or not full.startswith(self._render(history, False)[:cut]):
             return self.chat(messages)  # the template does not continue a conversation verbatim
-        return self._tokenize_rendered(full[cut:], messages, start=len(history))
+        kept, offset = [], 0
+        for text, content in pieces:  # drop the first ``cut`` characters (all template text)
+            if offset + len(text) > cut:
+                kept.append((text[max(0, cut - offset):], content))
+            offset += len(text)
+        return self._ids(kept)
 
     def turn(self, prompt: str, response: str | None = None) -> tuple[list[int], list[int]]:
         """One user turn opening a conversation and (optionally) its reply: (prompt ids ending

@@ -248,3 +248,17 @@ def test_an_unknown_mlp_is_refused_naming_the_module(family_dirs):
     hf.model.layers[1].mlp = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.Linear(64, 32))
     with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp \(Sequential\) has no MLP layout"):
         HFCausalLM(hf)
+
+
+def test_message_text_equal_to_template_text_stays_text(family_dirs):
+    """A message whose text also occurs in the template (a role name, the end-of-turn marker
+    right after an earlier message) is still tokenized as plain text."""
+    tok = load_model(family_dirs["llama"]).tokenizer
+    messages = [{"role": "user", "content": "user"}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "<|im_end|>"}]
+    ids = tok.chat(messages)
+    assert [i for i in ids if i in tok.special_ids] == [1, IM_END, 1, IM_END, 1, IM_END, 1]
+    assert tok.decode(ids, show_special=True) == tok.tok.apply_chat_template(messages, tokenize=False,
+                                                                              add_generation_prompt=True)
+    follow = tok.continue_chat([{"role": "user", "content": "<|im_end|>"}])
+    assert [i for i in follow if i in tok.special_ids] == [1, IM_END, 1]
