@@ -13,7 +13,7 @@ from synclearn.learn.sparse import read_rows, write_back
 from synclearn.memory import InteractionLog
 from synclearn.model import load_model
 
-from .hf_fixtures import FAMILIES, IM_END, MLP_FAMILY, bpe_tokenizer_dir, family_dirs  # noqa: F401
+from .hf_fixtures import EOS, FAMILIES, IM_END, MLP_FAMILY, VOCAB, bpe_tokenizer_dir, family_dirs  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,6 +88,9 @@ def test_two_turn_chat_with_the_template(family, family_dirs, tmp_path):
     assert second.prompt_tokens == len(follow) and tok.decode(follow, show_special=True).startswith("\n<|im_start|>user")
     assert [r["prompt"] for r in log.by_session(chat.session_id)] == ["What is Kado's pet?", "And its name?"]
     log.close()
+    for stop in (IM_END, EOS):  # the end-of-turn token and eos both end a reply (and never show)
+        reply = ChatSession(model, max_new_tokens=6, ban=[i for i in range(VOCAB) if i != stop]).send("hi")
+        assert (reply.stop_reason, reply.completion_tokens, reply.text) == ("stop_token", 1, "")
 
 
 def test_user_text_cannot_forge_special_tokens(family_dirs):
