@@ -102,10 +102,8 @@ def run(config: Any, out_dir: Path | None, *, progress: bool = True,
                  and int(os.environ.get("SLURM_NTASKS", 1)) == 1)
     saved = {var: os.environ.get(var) for var in _LAUNCHER_ENV}
     had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if launching:
+    if launching:  # (without OMP_NUM_THREADS, Fabric gives each of the node's processes cores // devices threads)
         os.environ[LAUNCH_ENV] = config.key()
-        if torch.get_num_threads() and "OMP_NUM_THREADS" not in os.environ:
-            os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the children keep our thread count
     try:
         fabric = Fabric(accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
                         precision=config.precision, strategy=strategy_for(config))
