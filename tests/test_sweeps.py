@@ -105,3 +105,17 @@ def test_ray_configs_compose_where_the_plugin_is_installed():
     cluster = launcher_config("hydra/launcher=ray_cluster")
     assert cluster.launcher._target_.endswith("RayLauncher") and cluster.launcher.ray.init.address == "auto"
     assert cluster.callbacks.threads_per_job.cores == cluster.launcher.ray.remote.num_cpus == 2
+
+
+def test_results_script_runs_sweeps_in_parallel_where_the_cores_allow():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_script", CONF_DIR.parent / "experiments" / "results.py")
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    cores = len(os.sched_getaffinity(0))
+    assert results.parallel_jobs("split_digits") == cores and results.parallel_jobs("text_domains") == cores
+    assert results.parallel_jobs("chat_facts") == max(1, cores // 2)  # serving + learning threads per run
+    assert results.parallel_jobs("chat_facts", jobs=3) == 3
+    assert results.launcher_overrides(1) == []
+    assert results.launcher_overrides(2) == ["hydra/launcher=local", "hydra.launcher.n_jobs=2"]
