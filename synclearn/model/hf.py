@@ -11,7 +11,9 @@ is downloaded) so that the learner, generation and chat treat it like an MCSD mo
   state first forks a copy cut back to its own length (copy-on-write, once per branch);
 * ``neuron_layouts()``: one layout per MLP unit, found from the module structure
   (:mod:`synclearn.model.hf_layouts`: gated, fused gate-up, plain two-layer, experts);
-  ``lora_targets``: the model's own projection names;
+  ``lora_targets``: the model's own projection names. A mixture-of-experts block counts as
+  one neuron unit per expert (then its shared expert), so the learner's ``plastic_layers=N``
+  means the last N units (``neuron_layer_names`` lists them);
 * every MLP honours :func:`synclearn.model.neurons.neuron_context` (trace and overrides).
 
 The tokenizer is the directory's own (:class:`~synclearn.model.hf_tokenizer.HFTokenizer`, with
