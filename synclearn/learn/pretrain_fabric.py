@@ -70,15 +70,20 @@ def is_rank_zero(config: Any) -> bool:
 
 def strategy_for(config: Any) -> Any:
     """The Fabric strategy: FSDP when asked (wrapping each MCSD block, the full state dict
-    gathered on rank 0 for saving; on one device too), else ``"auto"`` on one process and
-    ``config.strategy`` (DDP) on several."""
+    gathered on rank 0 for saving; on one device too), else ``"auto"`` on one process and DDP
+    on several (``"auto"`` and ``"ddp"`` alike)."""
     if config.strategy == "fsdp":
         from lightning.fabric.strategies import FSDPStrategy
 
         from synclearn.model.mcsd import MCSDBlock
 
         return FSDPStrategy(auto_wrap_policy={MCSDBlock}, state_dict_type="full")
-    return "auto" if world_of(config) == 1 else config.strategy
+    if world_of(config) == 1:
+        return "auto"
+    from lightning.fabric.strategies import DDPStrategy
+
+    # the sparse-inference predictors take no part in the dense loss: DDP must not wait for their gradients
+    return DDPStrategy(find_unused_parameters=True)
 
 
 def run(config: Any, out_dir: Path | None, *, progress: bool = True,
