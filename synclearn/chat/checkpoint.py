@@ -2,7 +2,7 @@
 
 A checkpoint directory holds numbered folders and one manifest naming the current folder::
 
-    DIR/checkpoint.json              the manifest; written last (temp file + fsync + rename)
+    DIR/checkpoint.json              the manifest; written last (:func:`synclearn.durable.atomic_write`)
     DIR/ckpt-000007/model/           save_model() output (config.json + model.safetensors), or
     DIR/ckpt-000007/weights.safetensors   every tensor of the model (LoRA or HF models; the
                                      manifest names the base model they go on top of)
@@ -20,7 +20,10 @@ The manifest (``checkpoint.json``)::
     {"format": 1, "seq": 7, "folder": "ckpt-000007", "model": "dir" | "weights",
      "base": "mcsd-tiny", "seed": 0, "update": "sparse", "weight_version": 37,
      "committed_steps": 37, "saved_at": <unix s, when the snapshot was taken>,
-     "kept": ["ckpt-000006", "ckpt-000007"], "log": {"rows": 120, "max_id": 131}}
+     "kept": ["ckpt-000006", "ckpt-000007"], "log": {"rows": 120, "max_id": 131, "seq": 512}}
+
+``log.seq`` is the log's change counter at the snapshot: rows first learned after it are not in
+the saved weights (``InteractionLog.unlearn_after``).
 
 A save holds the learner's step lock throughout, so weights and optimizer rows are from the
 same step and saves never overlap; serving keeps going (it only reads the weights). The lock
@@ -45,9 +48,9 @@ import torch
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
+from synclearn.durable import atomic_write, atomic_write_text, fsync_dir, remove_temporaries
 from synclearn.learn.guard import guard_for
 from synclearn.model import load_model, save_model
-from synclearn.model.checkpoint import atomic_write, fsync_dir
 
 MANIFEST = "checkpoint.json"
 FORMAT = 1
@@ -117,8 +120,8 @@ class CheckpointStore:
                         "kept": (kept + [folder.name])[-self.keep:]}
             if log is not None:
                 ids = log.ids()
-                manifest["log"] = {"rows": len(ids), "max_id": ids[-1] if ids else None}
-            atomic_write(self.root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+                manifest["log"] = {"rows": len(ids), "max_id": ids[-1] if ids else None, "seq": log.change_seq()}
+            atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=2))
             self._prune(manifest["kept"])
             return manifest
 
@@ -132,9 +135,7 @@ class CheckpointStore:
         for p in self.root.iterdir():
             if _FOLDER.match(p.name) and p.name not in kept:
                 shutil.rmtree(p, ignore_errors=True)
-        for p in self.root.iterdir():  # temp files of an interrupted manifest write
-            if p.name.startswith(f".{MANIFEST}."):
-                p.unlink(missing_ok=True)
+        remove_temporaries(self.root, MANIFEST)  # temp files of an interrupted manifest write
 
     # -- restore ----------------------------------------------------------------------------------
     def restore(self, build_learner: Callable[[Any], Any], *, device: str | None = None) -> tuple[Any, Any, dict]:
@@ -167,7 +168,7 @@ class CheckpointStore:
                 raise ValueError(f"{folder}: weights do not match the model: missing {missing}, unexpected {unexpected}")
         state = torch.load(folder / "learner.pt", map_location=model.device, weights_only=True)
         learner.load_state_dict(state)
-        if getattr(learner, "journal", None) is not None:
+        if learner.journal is not None:
             learner.recover()  # a forget interrupted by the crash: forward or back, per the state
             learner.journal.truncate_from(learner.committed_steps)  # steps the weights do not hold
         guard_for(model).version = int(manifest["weight_version"])  # versions keep rising across restarts

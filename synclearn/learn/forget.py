@@ -4,33 +4,52 @@
 
 * The records are always deleted from the InteractionLog (secure delete, FTS purge, WAL
   truncation; see :meth:`InteractionLog.delete`).
-* ``mode="exact"``: the step journal (:mod:`synclearn.memory.journal`) has, for every
-  committed step, its examples and undo records. The learner undoes every step from the first
-  one that used a forgotten record, then re-runs the later steps without those records. The
-  result is bitwise the model (and optimizer state) that never learned them -- given that
-  neuron locks and damping did not change in between (they are not journaled).
+* ``mode="exact"``: the step journal (:mod:`synclearn.memory.journal`) has, for every committed
+  step, its examples and undo record. On a fork of the learner (:mod:`synclearn.learn.aside`)
+  every step from the first one that used a forgotten record is undone, and the later steps
+  are re-run without those records; the fork is then swapped in. The result is bitwise the
+  model (and optimizer state) that never learned them -- given that neuron protection and
+  damping did not change in between (they are not journaled).
 * ``mode="approximate"``: for records older than the journal window; gradient ascent on the
-  forgotten examples with a retain term (descent on a sample of remembered ones), until their
-  likelihood falls to the never-seen level or a step budget runs out. The journal is cleared
-  afterwards (the steps before it can no longer be undone exactly). Reported as approximate.
+  forgotten examples with a retain term (:mod:`synclearn.learn.unlearn`), also on a fork. The
+  journal is sealed afterwards (earlier steps can no longer be undone exactly).
 * ``mode="auto"``: exact when the journal covers the records, else approximate.
+* Records no journaled step ever used were never learned: the rows are deleted, the weights
+  stay, and the report says so (``mode="noop"``).
 
 Every request returns a :class:`ForgetReport` with the verification: mean per-token NLL of
 the forgotten items before and after, a never-seen control (the same responses with their
 words shuffled), and the change on retained items.
 
-Crash safety (with ``learner.persist`` set, e.g. a checkpoint writer): the new state is
-computed with the new journal steps staged aside; then an intent file is written, the state
-persisted (tagged with the forget's epoch), and only then are the journal swapped and the log
-rows deleted. :func:`recover` at start-up rolls a half-done forget forward (the persisted
-state has the new epoch) or back (it does not), so the log and model agree either way.
+The protocol of an exact forget, and its invariants (one module owns it)
+------------------------------------------------------------------------
+The whole request holds the learner's step lock (no step, save or other forget meanwhile).
+
+1. PREPARE, aside: fork, undo, re-run; the re-run steps are journaled into
+   ``<journal>/staging-<epoch>/``. Serving reads the old weights throughout.
+   A crash here leaves only the staging folder: recovery deletes it ("none").
+2. INTENT: ``<journal>/forget-intent.json`` = {epoch, first, ids, staging}, written durably
+   (:func:`synclearn.durable.atomic_write`). Nothing live has changed yet.
+3. SWAP: the fork's weights, optimizer state and step count are copied in under ONE write
+   lock (:meth:`Learner.adopt`); the learner's ``forget_epoch`` becomes ``epoch``. Serving
+   sees the old weights or the new ones, never one in between.
+4. PERSIST: ``learner.persist()`` (e.g. a checkpoint) writes the state tagged with ``epoch``.
+   This is the commit point. A crash before it: the persisted state has an older epoch, the
+   log still has the rows and the old journal is intact -> recovery rolls BACK (deletes the
+   staging folder and the intent): model, journal and log agree on "not forgotten".
+5. ROLL FORWARD: the journal drops steps >= first and takes the staged ones; the log rows are
+   deleted; the intent and staging folder are removed. A crash in here: the persisted epoch
+   equals the intent's -> recovery rolls FORWARD again (every step is idempotent).
+
+Recovery (:func:`recover`, called by ``Learner.recover`` after a checkpoint is loaded) decides
+by one comparison: the loaded ``forget_epoch`` equals the intent's epoch -> forward, else back.
+Without ``persist`` the in-memory state is the only state: steps 4-5 run at once.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
+import logging
 import shutil
 import time
 import uuid
@@ -38,10 +57,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
+from synclearn.durable import atomic_write_text, remove_durably
+from synclearn.learn.unlearn import mean_nll, retained_examples, shuffled_controls, unlearn
 
-from synclearn.learn.batch import build_batch, masked_loss
-
+logger = logging.getLogger(__name__)
 MODES = ("exact", "approximate", "auto")
 INTENT = "forget-intent.json"
 
@@ -89,33 +108,6 @@ class ForgetReport:
         return asdict(self)
 
 
-# -- verification ---------------------------------------------------------------------------------
-def mean_nll(learner: Any, examples: Sequence[dict]) -> float | None:
-    """Mean over examples of the per-token NLL of their responses (read under the read lock)."""
-    examples = [{"prompt": e["prompt"], "response": e["response"]} for e in examples if e.get("response")]
-    if not examples:
-        return None
-    batch = build_batch(learner.model.tokenizer, examples, max_seq_len=learner.max_seq_len,
-                        pad_id=learner.pad_id, device=learner.model.device)
-    with torch.no_grad(), learner.guard.read():
-        _, per_example = masked_loss(learner.model(batch.inputs), batch)
-    return float(per_example.mean())
-
-
-def shuffled_controls(examples: Sequence[dict], seed: int = 0) -> list[dict]:
-    """Never-seen controls: each response with its words in a seeded random order."""
-    rng = random.Random(seed)
-    out = []
-    for e in examples:
-        words = e["response"].split()
-        for _ in range(5):
-            rng.shuffle(words)
-            if " ".join(words) != e["response"] or len(words) < 2:
-                break
-        out.append({"prompt": e["prompt"], "response": " ".join(words)})
-    return out
-
-
 # -- the request ----------------------------------------------------------------------------------
 def _targets(learner: Any, ids, session_id, match) -> tuple[list[int], list[dict]]:
     """Resolve the selector to ids, and the examples to verify on (from the log, else the journal)."""
@@ -135,28 +127,13 @@ def _targets(learner: Any, ids, session_id, match) -> tuple[list[int], list[dict
     if ids is not None:  # ids known only to the journal (their rows are gone already) still count
         found = sorted(set(found) | {int(i) for i in ids})
     if learner.journal is not None and len(examples) < len(found):
-        have = {e["id"] for e in examples}
+        have, wanted = {e["id"] for e in examples}, set(found)
         for index in learner.journal.indices:
             for e in learner.journal.load(index).examples:
-                if isinstance(e, dict) and e.get("id") in set(found) - have:
+                if isinstance(e, dict) and e.get("id") in wanted - have:
                     examples.append(dict(e))
                     have.add(e["id"])
     return found, examples
-
-
-def _retained(learner: Any, forgotten: set[int], k: int) -> list[dict]:
-    """Up to ``k`` remembered examples: the latest journaled ones, else the latest log rows."""
-    out: list[dict] = []
-    if learner.journal is not None:
-        for index in reversed(learner.journal.indices):
-            for e in learner.journal.load(index).examples:
-                if isinstance(e, dict) and e.get("id") not in forgotten and len(out) < k:
-                    out.append(e)
-    if not out and learner.log is not None:  # learned rows first, else any remaining rows
-        keep = [i for i in learner.log.ids(learned=True) if i not in forgotten][-k:]
-        keep = keep or [i for i in learner.log.ids() if i not in forgotten][-k:]
-        out = [{"id": r["id"], "prompt": r["prompt"], "response": r["response"]} for r in learner.log.get_many(keep)]
-    return out
 
 
 def forget(learner: Any, *, ids: Sequence[int] | None = None, session_id: str | None = None, match: str | None = None,
@@ -176,37 +153,50 @@ def forget(learner: Any, *, ids: Sequence[int] | None = None, session_id: str | 
         if not found:
             report.note = "nothing matched the request; nothing changed"
             return _finish(report, learner, t0)
-        targets = set(found)
-        journal = learner.journal
+        targets, journal = set(found), learner.journal
         first = journal.first_using(targets) if journal is not None else None
-        learned_rows = learner.log is not None and any(r["learned_at"] for r in learner.log.get_many(found))
-        # without a journal nothing proves a record was never learned: assume it was
-        report.learned = first is not None or learned_rows or journal is None
-        exact_possible = journal is not None and (first is None and not learned_rows or
-                                                  first is not None and journal.covers(first))
+        # the journal knows every step it ever recorded: no step used them -> never learned. Without
+        # one, the log's learned marks (set only after a committed step) say; without a log, assume so
+        if journal is not None:
+            report.learned = first is not None
+        elif learner.log is not None:
+            report.learned = any(r["learned_at"] is not None for r in learner.log.get_many(found))
+        else:
+            report.learned = True
+        exact_possible = journal is not None and (first is None or journal.covers(first))
         if mode == "auto":
             mode = "exact" if exact_possible else "approximate"
-        if mode == "exact" and not exact_possible:
+        if report.learned and mode == "exact" and not exact_possible:
             why = ("the learner keeps no step journal" if journal is None else
-                   "the steps that learned them are older than the journal window")
+                   f"step {first}, the first that learned them, is older than the journal window "
+                   f"(it keeps steps {journal.indices[0] if len(journal) else 'none'}..)")
             raise ForgetError(f"cannot forget {len(found)} record(s) exactly: {why}; use mode='approximate' (or 'auto')")
-        retained = _retained(learner, targets, retain_k)
+        retained = retained_examples(learner, targets, retain_k)
         report.forgotten_nll_before = mean_nll(learner, examples)
         report.retained_nll_before = mean_nll(learner, retained)
-
         if not report.learned:
-            report.mode, report.note = "noop", "the records were never learned; the weights are unchanged"
+            report.note = ("the records were never learned (no learning step used them); they were deleted "
+                           "from the log and the weights are unchanged")
             report.deleted = _delete_rows(learner, found)
         elif mode == "exact":
             report.mode = "exact"
             _exact(learner, targets, first, report)
         else:
             report.mode = "approximate"
-            _approximate(learner, examples, retained, report, max_unlearn_steps, unlearn_lr, seed, retain_weight)
+            aside = learner.fork()
+            report.unlearn_steps, report.extra["target_nll"] = unlearn(
+                aside, examples, retained, max_steps=max_unlearn_steps, lr=unlearn_lr, seed=seed,
+                retain_weight=retain_weight)
+            if report.unlearn_steps:
+                learner.adopt(aside)
+            if journal is not None:  # earlier steps can no longer be undone exactly
+                journal.seal()
             report.deleted = _delete_rows(learner, found)
         report.forgotten_nll_after = mean_nll(learner, examples)
         report.control_nll = mean_nll(learner, shuffled_controls(examples, seed))
         report.retained_nll_after = mean_nll(learner, retained)
+        logger.info("forget %s: %d record(s), %d row(s) deleted, %s", report.mode, len(found), report.deleted,
+                    report.note or f"version {report.version_before} -> {learner.guard.version}")
         return _finish(report, learner, t0)
 
 
@@ -222,38 +212,29 @@ def _delete_rows(learner: Any, ids: list[int]) -> int:
     return len(learner.log.delete(ids=ids, reason="forget request"))
 
 
-# -- exact: undo, re-run without the records, then commit in a crash-safe order -------------------
+# -- exact: prepare aside, intent, swap, persist, roll forward -------------------------------------
 def _exact(learner: Any, targets: set[int], first: int, report: ForgetReport) -> None:
+    from synclearn.memory.journal import StepJournal
+
     journal = learner.journal
     records = [journal.load(i) for i in journal.indices if i >= first]
     epoch = uuid.uuid4().hex
     staging_dir = journal.path / f"staging-{epoch}"
-    from synclearn.memory.journal import StepJournal
-
     staging = StepJournal(staging_dir, max_steps=journal.max_steps, max_bytes=journal.max_bytes)
-    for rec in reversed(records):
-        learner.undo(rec.undo)
-    learner.committed_steps = first
-    with learner.journaling_to(staging):  # re-run steps are recorded aside until the commit point
-        for rec in records:
-            kept = [e for e in rec.examples if not (isinstance(e, dict) and e.get("id") in targets)]
-            if kept:
-                result = learner.step(kept)
-                report.steps_rerun += 0 if result.skipped else 1
+    aside = learner.fork(journal=staging)  # 1. prepare
+    aside.roll_back(records)
+    for rec in records:
+        kept = [e for e in rec.examples if not (isinstance(e, dict) and e.get("id") in targets)]
+        if kept:
+            report.steps_rerun += 0 if aside.step(kept).skipped else 1
     report.steps_rolled_back = len(records)
-    _write_intent(journal.path, {"epoch": epoch, "first": first, "ids": sorted(targets), "staging": staging_dir.name})
-    learner.forget_epoch = epoch
+    atomic_write_text(journal.path / INTENT, json.dumps(  # 2. intent
+        {"epoch": epoch, "first": first, "ids": sorted(targets), "staging": staging_dir.name}))
+    learner.adopt(aside)  # 3. swap, one write lock
+    learner.set_forget_epoch(epoch)
     if learner.persist is not None:
-        learner.persist()
-    report.deleted = _roll_forward(learner, journal.path)
-
-
-def _write_intent(path: Path, intent: dict) -> None:
-    tmp = path / f".{INTENT}.tmp"
-    tmp.write_text(json.dumps(intent))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path / INTENT)
+        learner.persist()  # 4. the commit point
+    report.deleted = _roll_forward(learner, journal.path)  # 5.
 
 
 def _roll_forward(learner: Any, path: Path) -> int:
@@ -269,7 +250,7 @@ def _roll_forward(learner: Any, path: Path) -> int:
         for index in staging.indices:
             journal.record(staging.load(index))
     deleted = _delete_rows(learner, intent["ids"])
-    (path / INTENT).unlink()
+    remove_durably(path / INTENT)
     shutil.rmtree(staging_dir, ignore_errors=True)
     return deleted
 
@@ -286,56 +267,15 @@ def recover(learner: Any) -> str:
         return "none"
     intent_file = journal.path / INTENT
     if not intent_file.exists():
-        for stale in journal.path.glob("staging-*"):  # a forget that died before its commit point
+        for stale in journal.path.glob("staging-*"):  # a forget that died before its intent
             shutil.rmtree(stale, ignore_errors=True)
         return "none"
     intent = json.loads(intent_file.read_text())
-    if getattr(learner, "forget_epoch", None) == intent["epoch"]:
+    if learner.forget_epoch == intent["epoch"]:
         _roll_forward(learner, journal.path)
+        logger.warning("a forget interrupted by a crash was rolled forward (epoch %s)", intent["epoch"])
         return "rolled forward"
     shutil.rmtree(journal.path / intent["staging"], ignore_errors=True)
-    intent_file.unlink()
+    remove_durably(intent_file)
+    logger.warning("a forget interrupted before its commit point was rolled back (epoch %s)", intent["epoch"])
     return "rolled back"
-
-
-# -- approximate: gradient ascent on the forgotten, descent on the retained -----------------------
-def _approximate(learner: Any, examples: list[dict], retained: list[dict], report: ForgetReport,
-                 max_steps: int, lr: float | None, seed: int, retain_weight: float) -> None:
-    if not examples:
-        raise ForgetError("approximate forgetting needs the records' text (from the log or the journal)")
-    forget_set = [{"prompt": e["prompt"], "response": e["response"]} for e in examples]
-    retain_set = [{"prompt": e["prompt"], "response": e["response"]} for e in retained]
-    controls = shuffled_controls(forget_set, seed)
-    saved_lr = _set_lr(learner, lr)
-    target = None
-    try:
-        for step in range(max_steps):
-            # the never-seen level moves as the model changes: compare against it every step
-            current, target = mean_nll(learner, forget_set), mean_nll(learner, controls)
-            if current >= target:
-                break
-            batch = build_batch(learner.model.tokenizer, forget_set + retain_set, max_seq_len=learner.max_seq_len,
-                                pad_id=learner.pad_id, device=learner.model.device)
-            # gradient difference, each set weighted as a whole: ascend on the mean loss of the
-            # forgotten records, descend on ``retain_weight`` x the mean loss of the retained ones
-            batch.weights[: len(forget_set)] = -1.0 / len(forget_set)
-            batch.weights[len(forget_set) :] = retain_weight / max(1, len(retain_set))
-            result = learner.step_batch(batch, record=False)
-            report.unlearn_steps += 0 if result.skipped else 1
-    finally:
-        _set_lr(learner, saved_lr)
-    if learner.journal is not None:  # earlier steps can no longer be undone exactly
-        learner.journal.seal()
-    report.extra["target_nll"] = target
-
-
-def _set_lr(learner: Any, lr: float | None) -> float | None:
-    if lr is None:
-        return None
-    old = learner.optimizer.lr if learner.update == "sparse" else learner.optimizer.param_groups[0]["lr"]
-    if learner.update == "sparse":
-        learner.optimizer.lr = lr
-    else:
-        for group in learner.optimizer.param_groups:
-            group["lr"] = lr
-    return old

@@ -16,6 +16,9 @@ import threading
 from typing import Any, Iterator
 
 
+GUARD_ATTRIBUTE = "synclearn_guard"  # where a model keeps its guard (set only by guard_for)
+
+
 class GuardTimeout(TimeoutError):
     """The lock could not be taken within the given timeout."""
 
@@ -29,6 +32,10 @@ class WeightGuard:
         self._writer = False
         self._writers_waiting = 0
         self.version = 0
+
+    def __deepcopy__(self, memo: dict) -> "WeightGuard":
+        """A copied model gets a guard of its own (locks cannot be shared by copying)."""
+        return WeightGuard()
 
     @contextlib.contextmanager
     def read(self, timeout: float | None = None) -> Iterator[int]:
@@ -70,10 +77,17 @@ class WeightGuard:
                 self._cond.notify_all()
 
 
+_CREATE = threading.Lock()  # two threads asking at once get the same guard
+
+
 def guard_for(model: Any) -> WeightGuard:
-    """The model's guard, created on first use; serving and learning find the same one."""
-    guard = getattr(model, "_synclearn_guard", None)
+    """The model's guard, created on first use; serving and learning find the same one.
+    Thread-safe: concurrent first calls create one guard."""
+    guard = model.__dict__.get(GUARD_ATTRIBUTE)
     if guard is None:
-        guard = WeightGuard()
-        object.__setattr__(model, "_synclearn_guard", guard)
+        with _CREATE:
+            guard = model.__dict__.get(GUARD_ATTRIBUTE)
+            if guard is None:
+                guard = WeightGuard()
+                object.__setattr__(model, GUARD_ATTRIBUTE, guard)
     return guard

@@ -30,6 +30,7 @@ stops (``"stop"``).
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -41,6 +42,8 @@ import torch
 from synclearn.memory.replay import ReplayBatchBuilder, uniform
 from synclearn.model.neurons import neuron_context
 from synclearn.options import AttachOptions
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT = AttachOptions()  # the defaults are defined once, in synclearn.options
 
@@ -70,9 +73,13 @@ class LearnerHandle:
             batch (importance from traffic) and is applied every ``consolidate_every`` steps.
         yield_to_serving: pause a running step at layer boundaries while requests are in flight.
         switch_interval_s: ``sys.setswitchinterval`` while attached (None: leave it alone).
+        clock: ``clock() -> float`` seconds, the "now" of replay draws and of the log's learned /
+            rehearsed times (None: the wall clock). A benchmark that controls it (e.g. counts
+            its interactions) makes the replay schedule, and so its figures, repeat run to run.
     """
 
     def __init__(self, learner: Any, session: Any, *, log: Any = None, policy: Any = uniform, consolidation: Any = None,
+                 clock: Any = None,
                  batch_size: int = _DEFAULT.batch_size, replay_ratio: float = _DEFAULT.replay_ratio,
                  seed: int | None = _DEFAULT.seed, new_repeats: int = _DEFAULT.new_repeats,
                  learned_loss: float | None = _DEFAULT.learned_loss, min_gain: float | None = _DEFAULT.min_gain,
@@ -101,6 +108,7 @@ class LearnerHandle:
         self.idle_replay, self.poll_s, self.on_error, self.max_steps = idle_replay, poll_s, on_error, max_steps
         self.consolidation, self.consolidate_every = consolidation, max(1, consolidate_every)
         self.yield_to_serving, self.switch_interval_s = yield_to_serving, switch_interval_s
+        self.clock = clock
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._progress = threading.Condition()
@@ -110,7 +118,13 @@ class LearnerHandle:
         self._listener = lambda rid: self._wake.set()
         session.add_listener(self._listener)
         self._thread = threading.Thread(target=self._run, name="synclearn-learner", daemon=True)
+        self._threads_set = threading.Event()
+        serving_threads = torch.get_num_threads()
         self._thread.start()
+        if self._threads_set.wait(10.0) and self.learner.model.device.type != "cuda":
+            # torch.set_num_threads in the learner thread also set the count every thread started
+            # later begins with; put that back (the learner thread keeps its own)
+            torch.set_num_threads(serving_threads)
 
     # -- control --------------------------------------------------------------------------------
     def detach(self, timeout: float | None = 60.0) -> dict[str, Any]:
@@ -121,7 +135,6 @@ class LearnerHandle:
         if self._thread.is_alive():
             raise TimeoutError(f"the learner did not stop within {timeout}s")
         self.session.remove_listener(self._listener)
-        self.learner._handle = None
         return self.status()
 
     @property
@@ -175,12 +188,16 @@ class LearnerHandle:
             with neuron_context(pause=pause):
                 if device.type == "cuda":
                     # priority 0 is CUDA's lowest; the session serves on the highest
+                    self._threads_set.set()
                     with torch.cuda.stream(torch.cuda.Stream(device=device, priority=0)):
                         self._loop()
                 else:
-                    torch.set_num_threads(self.learn_threads)  # this thread only (OpenMP)
+                    torch.get_num_threads()  # this thread's thread pool is set up now, from the global count
+                    torch.set_num_threads(self.learn_threads)  # this thread's, and (restored by attach) the global
+                    self._threads_set.set()
                     self._loop()
         finally:
+            self._threads_set.set()
             if self.switch_interval_s is not None:
                 sys.setswitchinterval(old_interval)
 
@@ -192,7 +209,8 @@ class LearnerHandle:
                 break
             try:
                 outcome = self._iteration()
-            except Exception as err:  # reported, never raised into serving
+            except Exception as err:  # reported (and logged), never raised into serving
+                logger.error("learning step failed: %s: %s", type(err).__name__, err, exc_info=True)
                 self._update(error=f"{type(err).__name__}: {err}")
                 self.last_error_trace = traceback.format_exc()
                 if self.on_error == "stop":
@@ -219,8 +237,9 @@ class LearnerHandle:
             return self._learn_batch(t0)
 
     def _learn_batch(self, t0: float) -> str:
-        batch = self.builder.next_batch()
-        has_new = bool(self.builder._pending and self.builder._pending[0])
+        now = self.clock() if self.clock is not None else None
+        batch = self.builder.next_batch(now)
+        has_new = self.builder.has_new
         if not batch or not (has_new or self.idle_replay):
             self._update(waiting_s=time.perf_counter() - t0)
             self._wake.wait(self.poll_s)
@@ -229,22 +248,24 @@ class LearnerHandle:
         self._update(waiting_s=time.perf_counter() - t0)
         t1 = time.perf_counter()
         learnable = [ex for ex in batch if ex["response"]]  # an empty reply teaches nothing
-        if not learnable:
-            self.builder.commit(batch)
+        if not learnable:  # nothing was learned: no row is marked learned
+            self.builder.reject(batch, "no learnable reply in the batch")
             return "idle"
         try:
             result = self.learner.step(learnable)
-        except Exception:
-            self.builder.commit(batch)  # never retry a poisoned batch forever
+        except Exception as err:
+            # not learned; after a few failures the builder sets the rows aside (never retried forever)
+            self.builder.reject(batch, f"{type(err).__name__}: {err}")
             self._update(learning_s=time.perf_counter() - t1)
             raise
+        if result.skipped:
+            self.builder.reject(batch, result.reason)
+            self._update(skipped=1, error=f"step skipped: {result.reason}", learning_s=time.perf_counter() - t1)
+            return "skipped"
         losses = None
         if len(learnable) == len(batch) and len(result.example_losses) == len(batch):
             losses = result.example_losses
-        self.builder.commit(batch, losses)
-        if result.skipped:
-            self._update(skipped=1, error=f"step skipped: {result.reason}", learning_s=time.perf_counter() - t1)
-            return "skipped"
+        self.builder.commit(batch, losses, now=now)
         if self.consolidation is not None:
             self.consolidation.observe(learnable)
             if (self._status["steps"] + 1) % self.consolidate_every == 0:

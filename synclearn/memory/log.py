@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -51,9 +51,8 @@ from synclearn.memory.schema import (
     LogSchemaError,
 )
 from synclearn.memory.store import SYNCHRONOUS, WalStore, file_contains
+from synclearn.memory.strength import INITIAL_STRENGTH_S, REHEARSAL_GAIN, Candidates, rehearsed_strength, retention
 
-if TYPE_CHECKING:
-    from synclearn.memory.replay import Candidates
 
 __all__ = [
     "InteractionLog",
@@ -75,30 +74,6 @@ ROW_KEYS = (
     "replay_count", "strength", "last_rehearsed_at",
 )  # fmt: skip
 _COLS = ", ".join(ROW_KEYS)
-
-# --------------------------------------------------------------------------- strength model
-
-INITIAL_STRENGTH_S = 86_400.0  # a new row's retention falls to 1/e one day after it is learned
-REHEARSAL_GAIN = 2.0  # how much a fully faded memory's stability grows when rehearsed
-
-
-def retention(strength_s: Any, elapsed_s: Any) -> Any:
-    """Fraction retained ``elapsed_s`` seconds after the last rehearsal: ``exp(-t / S)``.
-
-    Works elementwise on floats or numpy arrays; negative elapsed times count as 0.
-    """
-    return np.exp(-np.maximum(elapsed_s, 0.0) / strength_s)
-
-
-def rehearsed_strength(strength_s: float, elapsed_s: float) -> float:
-    """Stability after a rehearsal: ``S * (1 + REHEARSAL_GAIN * (1 - retention))``.
-
-    The spacing effect: replaying right after the last rehearsal changes little;
-    replaying a nearly faded memory multiplies its stability by up to
-    ``1 + REHEARSAL_GAIN``.
-    """
-    return float(strength_s * (1.0 + REHEARSAL_GAIN * (1.0 - retention(strength_s, elapsed_s))))
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -300,19 +275,37 @@ class InteractionLog:
         now = time.time() if now is None else now
         return self._write(
             lambda conn: conn.execute(
-                "UPDATE interactions SET learned_at = coalesce(learned_at, ?), last_rehearsed_at = ?, "
-                "changed_seq = ? WHERE id IN (SELECT value FROM json_each(?))",
+                "UPDATE interactions SET learned_at = coalesce(learned_at, ?1), last_rehearsed_at = ?2, "
+                "changed_seq = ?3, learned_seq = coalesce(learned_seq, ?3) WHERE id IN (SELECT value FROM json_each(?4))",
                 (now, now, _next_seq(conn), json.dumps(id_list)),
             ).rowcount
         )
 
-    def unlearn_since(self, t: float) -> int:
-        """Mark rows learned after time ``t`` as not learned (e.g. the weights were restored from
-        a checkpoint taken at ``t``, so the learner must take them as new); returns how many."""
+    def change_seq(self) -> int:
+        """The log's change counter: every write raises it. A checkpoint records it so that
+        :meth:`unlearn_after` can tell the rows learned after the checkpoint (clock-independent)."""
+        return int(self._query("SELECT seq FROM change_counter")[0]["seq"])
+
+    def unlearn_after(self, seq: int) -> int:
+        """Mark rows first learned after change ``seq`` (:meth:`change_seq`) as not learned (e.g.
+        the weights were restored from a checkpoint taken at ``seq``, so the learner must take
+        them as new); returns how many. Unlike wall-clock times the counter never goes back."""
         return self._write(
             lambda conn: conn.execute(
-                "UPDATE interactions SET learned_at = NULL, last_rehearsed_at = NULL, changed_seq = ? "
-                "WHERE learned_at > ?",
+                "UPDATE interactions SET learned_at = NULL, last_rehearsed_at = NULL, learned_seq = NULL, "
+                "changed_seq = ?1 WHERE learned_seq > ?2",
+                (_next_seq(conn), int(seq)),
+            ).rowcount
+        )
+
+    def unlearn_since(self, t: float) -> int:
+        """Mark rows learned after time ``t`` as not learned; returns how many. Prefer
+        :meth:`unlearn_after` (wall clocks can jump); this is for checkpoints that recorded no
+        change counter."""
+        return self._write(
+            lambda conn: conn.execute(
+                "UPDATE interactions SET learned_at = NULL, last_rehearsed_at = NULL, learned_seq = NULL, "
+                "changed_seq = ? WHERE learned_at > ?",
                 (_next_seq(conn), float(t)),
             ).rowcount
         )
@@ -443,9 +436,12 @@ class InteractionLog:
         )
 
     def unlearned(self, limit: int) -> list[dict[str, Any]]:
-        """The oldest rows not yet marked learned, oldest first."""
+        """The oldest rows not yet marked learned that have something to learn (a reply or a
+        correction), oldest first. A row with an empty reply is never offered, so it is never
+        marked learned without a step."""
         return self._query(
-            f"SELECT {_COLS} FROM interactions WHERE learned_at IS NULL ORDER BY id LIMIT ?", (int(limit),)
+            f"SELECT {_COLS} FROM interactions WHERE learned_at IS NULL "
+            "AND (response != '' OR coalesce(feedback_correction, '') != '') ORDER BY id LIMIT ?", (int(limit),)
         )
 
     def replay_candidates(self, *, fresh: bool = False) -> Candidates:
@@ -458,8 +454,6 @@ class InteractionLog:
         again (the reference the cache is tested against). Treat the result as
         read-only; later calls return new objects.
         """
-        from synclearn.memory.replay import Candidates
-
         cols = "id, created_at, loss, replay_count, strength, coalesce(last_rehearsed_at, learned_at, created_at)"
         if fresh:
             rows = self._store.fetch(f"SELECT {cols} FROM interactions WHERE learned_at IS NOT NULL ORDER BY id")

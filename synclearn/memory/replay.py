@@ -33,93 +33,22 @@ exactly what ``Learner.step(examples)`` takes: ``[{"id", "prompt", "response"}]`
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from synclearn.memory.log import retention
+from synclearn.memory.strength import Candidates, retention
 
 if TYPE_CHECKING:
     from synclearn.memory.log import InteractionLog
 
-_FIELDS = ("ids", "created_at", "loss", "replay_count", "strength", "rehearsed_at")
+logger = logging.getLogger(__name__)
+
 Policy = Callable[["Candidates", int, np.random.Generator, float], Sequence[int]]
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """Replay metadata of N rows, one numpy array per column (no text).
-
-    Attributes:
-        ids: [N] int64 row ids, ascending.
-        created_at: [N] float64 Unix seconds.
-        loss: [N] float64 last recorded training loss, NaN if unknown.
-        replay_count: [N] int64.
-        strength: [N] float64 forgetting-curve stability in seconds.
-        rehearsed_at: [N] float64 last rehearsal (else learned, else created) time.
-    """
-
-    ids: np.ndarray
-    created_at: np.ndarray
-    loss: np.ndarray
-    replay_count: np.ndarray
-    strength: np.ndarray
-    rehearsed_at: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @classmethod
-    def from_matrix(cls, m: np.ndarray) -> Candidates:
-        """From a [N, 6] float64 matrix with the columns in field order."""
-        return cls(
-            ids=m[:, 0].astype(np.int64), created_at=m[:, 1].copy(), loss=m[:, 2].copy(),
-            replay_count=m[:, 3].astype(np.int64), strength=m[:, 4].copy(), rehearsed_at=m[:, 5].copy(),
-        )  # fmt: skip
-
-    def updated(self, changed: Candidates, drop: np.ndarray) -> Candidates:
-        """A copy with ``changed``'s rows inserted or replacing the same ids, and ``drop`` ids removed."""
-        cols = {f: getattr(self, f) for f in _FIELDS}
-        if len(changed):
-            order = np.argsort(changed.ids, kind="stable")
-            new = {f: getattr(changed, f)[order] for f in _FIELDS}
-            pos = np.searchsorted(self.ids, new["ids"])
-            hit = np.zeros(len(pos), dtype=bool)
-            inside = pos < len(self.ids)
-            hit[inside] = self.ids[pos[inside]] == new["ids"][inside]
-            cols = {f: c.copy() for f, c in cols.items()}
-            for f in _FIELDS:
-                cols[f][pos[hit]] = new[f][hit]
-            if not hit.all():
-                cols = {f: np.insert(cols[f], pos[~hit], new[f][~hit]) for f in _FIELDS}
-        if len(drop):
-            pos = np.searchsorted(cols["ids"], drop)
-            inside = pos < len(cols["ids"])
-            pos = pos[inside][cols["ids"][pos[inside]] == drop[inside]]
-            cols = {f: np.delete(c, pos) for f, c in cols.items()}
-        return Candidates(**cols)
-
-    @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Candidates:
-        """From row dicts as ``InteractionLog`` returns them."""
-        def rehearsed_at(r: Mapping[str, Any]) -> float:
-            for key in ("last_rehearsed_at", "learned_at", "created_at"):
-                if r.get(key) is not None:
-                    return r[key]
-            raise KeyError("a candidate row needs created_at")
-
-        m = [
-            (r["id"], r["created_at"], r.get("loss"), r.get("replay_count", 0), r["strength"], rehearsed_at(r))
-            for r in rows
-        ]
-        return cls.from_matrix(np.array(m, dtype=np.float64).reshape(len(m), 6))
-
-
-# --------------------------------------------------------------------------- sampling
 
 
 def weighted_sample(ids: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
@@ -338,6 +267,8 @@ class ReplayBatchBuilder:
             ``commit``, measured before that step's update) is below this (None: never early).
         min_gain: A new row also counts as learned once its loss fell by less than this share
             since its previous batch (None: no plateau rule).
+        max_attempts: Rejected batches (failed or skipped steps, see ``reject``) a new row may be
+            in, alone, before it is set aside unlearned.
     """
 
     def __init__(
@@ -352,6 +283,7 @@ class ReplayBatchBuilder:
         new_repeats: int = 1,
         learned_loss: float | None = None,
         min_gain: float | None = None,
+        max_attempts: int = 3,
     ) -> None:
         if not 0.0 <= replay_ratio <= 1.0:
             raise ValueError(f"replay_ratio must be in [0, 1], got {replay_ratio!r}")
@@ -363,19 +295,28 @@ class ReplayBatchBuilder:
             raise ValueError(f"learned_loss must be > 0 or None, got {learned_loss!r}")
         if min_gain is not None and not 0 < min_gain < 1:
             raise ValueError(f"min_gain must be in (0, 1) or None, got {min_gain!r}")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be a positive int, got {max_attempts!r}")
         self.new_repeats, self.learned_loss, self.min_gain = new_repeats, learned_loss, min_gain
         self._repeats: dict[int, tuple[int, float]] = {}  # new row id -> (batches so far, last loss)
         self.log, self.policy = log, policy
         self.replay_ratio, self.batch_size, self.seed = float(replay_ratio), batch_size, int(seed)
         self.use_corrections = use_corrections
         self.step = 0
+        self.max_attempts = max_attempts
         self._pending: tuple[list[int], list[int]] | None = None
+        self._failures: dict[int, int] = {}  # new row id -> rejected batches it was in
+        self.set_aside: set[int] = set()  # new rows that failed max_attempts times; left unlearned
 
     def next_batch(self, now: float | None = None) -> list[dict[str, Any]]:
         """The next batch: ``[{"id": int, "prompt": str, "response": str}, ...]``, new rows first."""
         now = time.time() if now is None else now
         rng = np.random.default_rng([self.seed, self.step])
-        new_rows = self.log.unlearned(self.batch_size)
+        new_rows = [r for r in self.log.unlearned(self.batch_size + len(self.set_aside))
+                    if r["id"] not in self.set_aside][: self.batch_size]
+        suspects = [r for r in new_rows if r["id"] in self._failures]
+        if suspects:  # rows of a rejected batch come back one at a time, to find the one that fails
+            new_rows = suspects[:1]
         live = {r["id"] for r in new_rows}
         self._repeats = {rid: n for rid, n in self._repeats.items() if rid in live}  # forgotten rows drop out
         candidates = self.log.replay_candidates()
@@ -386,6 +327,26 @@ class ReplayBatchBuilder:
         rows = new_rows[:n_new] + self.log.get_many(replay_ids)
         self._pending = ([r["id"] for r in new_rows[:n_new]], [r["id"] for r in rows[n_new:]])
         return [self._example(r) for r in rows]
+
+    def reject(self, batch: Sequence[Mapping[str, Any]], reason: str | None = None) -> None:
+        """Records that ``batch`` (the last ``next_batch``) was NOT learned (the step failed or
+        was skipped): no row is marked learned or replayed; the next batch is a fresh draw. A new
+        row in ``max_attempts`` rejected batches is set aside (left unlearned, not offered again
+        by this builder), so one poisoned row cannot stall learning. The new rows of a rejected
+        batch are retried one per batch, so only the row that fails alone is set aside."""
+        ids = [int(e["id"]) for e in batch]
+        if self._pending is None or ids != self._pending[0] + self._pending[1]:
+            raise ValueError("reject() takes the batch returned by the last next_batch()")
+        alone = len(self._pending[0]) == 1
+        for rid in self._pending[0]:
+            self._failures[rid] = self._failures.get(rid, 0) + 1 if alone else max(1, self._failures.get(rid, 0))
+            if self._failures[rid] >= self.max_attempts:
+                self.set_aside.add(rid)
+                del self._failures[rid]
+                logger.warning("row %d set aside unlearned after %d failed batches (last: %s)", rid,
+                               self.max_attempts, reason)
+        self._pending = None
+        self.step += 1
 
     @property
     def has_new(self) -> bool:
@@ -413,6 +374,7 @@ class ReplayBatchBuilder:
             self.log.record_loss(ids, losses, now=now)
         done = []
         for k, rid in enumerate(new_ids):
+            self._failures.pop(rid, None)
             count, last = self._repeats.pop(rid, (0, math.inf))
             loss = float(losses[k]) if losses is not None else math.nan
             learned = loss < self.learned_loss if self.learned_loss is not None else False

@@ -13,17 +13,19 @@ Contract:
 * ``validate_append`` checks one ``append`` call completely before any SQL runs,
   so bad input never leaves a partial row.
 
-Tables (version 2):
+Tables (version 3):
 
 * ``sessions(id, created_at, last_active_at, next_turn)``
 * ``interactions(id, session_id, turn, prompt, response, created_at, tokens, loss,
   loss_at, feedback_score, feedback_correction, feedback_at, learned_at,
-  replay_count, strength, last_rehearsed_at, changed_seq)``; ids come from
+  replay_count, strength, last_rehearsed_at, changed_seq, learned_seq)``; ids come from
   AUTOINCREMENT and are never reused, even after a delete (the step journal
   refers to them).
 * ``change_counter(seq)``: bumped by every write that changes replay metadata
   (learned, loss, replay count, strength); the rows it touched get
-  ``changed_seq = seq``, so a reader can fetch only what changed since it last looked.
+  ``changed_seq = seq``, so a reader can fetch only what changed since it last looked;
+  ``learned_seq`` is the counter at which a row was first marked learned (version 3), so a
+  restored checkpoint can unlearn exactly the rows learned after it, whatever the clock did.
 * ``forget_audit(id, requested_at, completed_at, selector, selector_value,
   reason, deleted_count, deleted_ids)``: what was asked and when; never the text.
 * ``interactions_fts``: FTS5 over prompt, response and correction, external
@@ -39,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 APPLICATION_ID = 0x53594E43  # "SYNC"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_SESSION_ID_CHARS = 256
 
 
@@ -163,10 +165,17 @@ def _split_sql(sql: str) -> list[str]:
     return statements
 
 
+_V3_LEARNED_SEQ = """
+ALTER TABLE interactions ADD COLUMN learned_seq INTEGER;
+UPDATE interactions SET learned_seq = changed_seq WHERE learned_at IS NOT NULL;
+"""
+
+
 # MIGRATIONS[v] upgrades a version-v file to version v + 1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: _run_script(_V1_CORE),  # empty file -> rows, sessions, forget audit
     1: _run_script(_V2_FTS),  # full-text index, built from the rows already there
+    2: _run_script(_V3_LEARNED_SEQ),  # the change counter at which a row was first learned
 }
 assert sorted(MIGRATIONS) == list(range(SCHEMA_VERSION))
 

@@ -154,7 +154,7 @@ def test_the_log_survives_as_the_log(tmp_path):
     rt.new_session("s", max_new_tokens=3, stop=["\x00"]).send("hi")
     manifest = rt.save()
     rt.close()
-    assert manifest["log"] == {"rows": 1, "max_id": 1}
+    assert manifest["log"] == {"rows": 1, "max_id": 1, "seq": manifest["log"]["seq"]}
     with InteractionLog(tmp_path / "log.db") as log:
         assert log.count() == 1
 

@@ -56,7 +56,7 @@ def test_exact_forget_equals_never_learning(tmp_path, update):
     assert a.log.get_many(forgotten) == [] and a.log.count() == len(ids) - 2
     assert not a.log.files_containing(a.log.get(ids[0])["prompt"]) == []  # the rest is still there
     # the forgotten text left the journal too
-    journal_bytes = b"".join(p.read_bytes() for p in a.journal.path.glob("step-*.pt"))
+    journal_bytes = b"".join(p.read_bytes() for p in a.journal.path.glob("step-*.safetensors"))
     for row_id in forgotten:
         text = chat_pairs(12, seed=3)[ids.index(row_id)]["response"].encode()
         assert text not in journal_bytes or any(
@@ -95,7 +95,7 @@ def test_noop_and_bad_selectors(tmp_path):
 
 def test_journal_bound_and_requests_older_than_the_window(tmp_path):
     model, learner, ids = learn_history(tmp_path, "a", journal_steps=3)
-    assert len(learner.journal) == 3 and len(list(learner.journal.path.glob("step-*.pt"))) == 3
+    assert len(learner.journal) == 3 and len(list(learner.journal.path.glob("step-*.safetensors"))) == 3
     old = ids[0]  # learned in the first steps only, which left the window
     with pytest.raises(ForgetError, match="older than the journal window"):
         learner.forget(ids=[old])

@@ -242,7 +242,7 @@ def test_failed_migration_rolls_back_completely(tmp_path):
     conn.execute("CREATE TABLE interactions_fts (x)")  # collides with what migration 1 -> 2 creates
     before = [r[0] for r in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
     conn.close()
-    with pytest.raises(LogSchemaError, match="from schema version 1 to 2 failed.*already exists.*left at version 1"):
+    with pytest.raises(LogSchemaError, match=f"from schema version 1 to {schema.SCHEMA_VERSION} failed.*already exists.*left at version 1"):
         InteractionLog(path)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
