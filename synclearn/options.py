@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -44,6 +45,8 @@ class Options:
     """Base of the option dataclasses: type and bound checks, ``from_dict``, ``kwargs``."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            setattr(self, f.name, _plain(getattr(self, f.name)))
         problems = self.problems()
         if problems:
             raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
@@ -132,6 +135,7 @@ class LearnerOptions(Options):
     update: Literal["sparse", "lora", "full"] = option("sparse", "how weights change")
     neuron_fraction: float = option(0.05, "sparse: neuron budget per plastic layer and step", gt=0, le=1)
     plastic_layers: int | list[int] = option(4, "sparse: the last N layers may change, or explicit indices")
+    optimizer: Literal["adamw", "sgd"] = option("adamw", "sparse: RowSparseAdamW or RowSparseSGD")
     selector: str = option("topk", "sparse: which neurons a step changes (topk | predictor | random | ...)")
     exploration: float = option(0.1, "sparse: share of the budget drawn from active but not top neurons",
                                 ge=0, lt=1)
@@ -163,12 +167,13 @@ class LearnerOptions(Options):
 
 @dataclass
 class ServeOptions(Options):
-    """How sessions sample by default and how many threads serving uses."""
+    """How sessions sample by default and how serving shares the device with an attached learner.
+    The defaults are the benchmarks' (greedy, short answers); ``conf/serve/chat.yaml`` samples."""
 
-    max_new_tokens: int = option(128, "longest answer, in tokens (bytes for the byte tokenizer)", ge=1, le=1_000_000)
-    temperature: float = option(0.7, "sampling temperature (0: greedy)", ge=0, le=100)
+    max_new_tokens: int = option(48, "longest answer, in tokens (bytes for the byte tokenizer)", ge=1, le=1_000_000)
+    temperature: float = option(0.0, "sampling temperature (0: greedy)", ge=0, le=100)
     top_k: int = option(0, "sample among the k likeliest tokens (0: all)", ge=0)
-    top_p: float = option(0.95, "nucleus sampling mass", gt=0, le=1)
+    top_p: float = option(1.0, "nucleus sampling mass", gt=0, le=1)
     serve_threads: int = option(0, "torch intra-op threads of the serving thread (0: leave as is)", ge=0, le=1024)
     attach: dict[str, Any] = option(None, "how an attached learner shares the device: AttachOptions fields of "
                                           "GOVERNOR_FIELDS (the rehearsal fields come from the memory setup)",
@@ -190,6 +195,27 @@ class ServeOptions(Options):
     def attach_options(self) -> dict[str, Any]:
         """The governor fields as LearnerHandle keywords (a copy)."""
         return dict(self.attach)
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling defaults as ChatSession keywords."""
+        return {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
+
+    def session(self, model: Any, log: Any) -> Any:
+        """A :class:`~synclearn.chat.ChatSession` on ``model`` logging into ``log``, sampling like this."""
+        from synclearn.chat import ChatSession
+
+        return ChatSession(model, log, **self.sampling())
+
+
+def _plain(value: Any) -> Any:
+    """Hydra's DictConfig/ListConfig (any mapping or non-string sequence) as plain dicts and lists."""
+    if isinstance(value, (str, bytes, dict, list, tuple)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence):
+        return [_plain(v) for v in value]
+    return value
 
 
 # -- checks -------------------------------------------------------------------------------------

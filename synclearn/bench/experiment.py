@@ -5,13 +5,26 @@
 
 * ``model``: ``_target_`` returns the model (``synclearn.learn.pretrain.pretrained_model`` for
   the cached chat base, ``synclearn.model.load_model`` for a named size or a checkpoint);
-* ``learner``: a partial :class:`~synclearn.learn.Learner` (the model, the log and, with
-  ``memory.journal``, the step journal are given here);
+* ``learner``: :class:`~synclearn.options.LearnerOptions`, the :class:`~synclearn.learn.Learner`'s
+  settings (the model, the log and, with ``memory.journal``, the step journal are given here);
 * ``memory``: a :class:`MemorySetup` (replay ratio, batch size, consolidation, fading, journal);
 * ``replay``: the replay policy (``policy(candidates, k, rng, now) -> ids``);
-* ``serve``: a :class:`ServeSettings` (sampling, and how the learner shares the CPU);
-* ``benchmark``: a partial function with the benchmark contract
-  (:mod:`synclearn.bench.chat_facts` documents it).
+* ``serve``: :class:`~synclearn.options.ServeOptions` (sampling, and how the learner shares the CPU);
+* ``benchmark``: a partial function with the benchmark contract below.
+
+The benchmark contract (a new benchmark is one module with a ``run`` function and one
+``conf/benchmark/<name>.yaml`` naming it as ``_target_`` with ``_partial_: true``; its other
+keys are the function's options):
+
+* ``needs_model: true`` (the default): ``run(*, model, learner, log, out_dir, memory, serve,
+  seed, progress, **options)`` gets the built model, a :class:`~synclearn.learn.Learner` on it
+  logging into ``log``, the bound memory setup and the :class:`~synclearn.options.ServeOptions`;
+* ``needs_model: false`` (it builds its own model, e.g. a classifier): the model group is not
+  built; ``run(out_dir, *, learner, memory, seed, progress, **options)`` gets the learner
+  group's settings (plain Learner arguments) and the unbound memory setup.
+
+It returns a dict of flat scalars (written to ``metrics.json``/``metrics.csv``; ``acc`` is the
+sweep objective), ``series`` (nested data) and ``summary`` (lines printed at the end).
 
 Everything lands in the output directory: ``interactions.db`` (the log), ``checkpoints/``
 (model + learner state, :class:`~synclearn.chat.checkpoint.CheckpointStore`), ``metrics.json``
@@ -30,6 +43,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from synclearn.options import REHEARSAL_FIELDS, AttachOptions, LearnerOptions, ServeOptions
+
+_ATTACH = AttachOptions()  # MemorySetup's defaults are the attach options' (defined once)
 
 
 def make_consolidation(learner: Any, policy: str = "auto", **options: Any):
@@ -59,23 +76,27 @@ class MemorySetup:
             it, ``min_gain`` once a step lowered its loss by less than this share.
     """
 
-    replay_ratio: float = 0.5
-    batch_size: int = 4
+    replay_ratio: float = _ATTACH.replay_ratio
+    batch_size: int = _ATTACH.batch_size
     consolidation: Callable[[Any], Any] | None = None
-    consolidate_every: int = 20
+    consolidate_every: int = _ATTACH.consolidate_every
     fading: Any = None
     journal: bool = False
-    new_repeats: int = 1
-    learned_loss: float | None = None
-    min_gain: float | None = None
+    new_repeats: int = _ATTACH.new_repeats
+    learned_loss: float | None = _ATTACH.learned_loss
+    min_gain: float | None = _ATTACH.min_gain
 
     def __post_init__(self) -> None:
-        if not 0 <= self.replay_ratio <= 1 or self.batch_size < 1 or self.consolidate_every < 1 or self.new_repeats < 1:
-            raise ValueError(f"MemorySetup: replay_ratio={self.replay_ratio!r} must be in [0, 1], batch_size="
-                             f"{self.batch_size!r}, consolidate_every={self.consolidate_every!r} and new_repeats="
-                             f"{self.new_repeats!r} >= 1")
+        try:  # the checks of these fields are AttachOptions'
+            AttachOptions(**self.rehearsal())
+        except ValueError as err:
+            raise ValueError(str(err).replace("invalid AttachOptions", "invalid MemorySetup")) from None
         self.policy: Any = None
         self.consolidator: Any = None
+
+    def rehearsal(self) -> dict[str, Any]:
+        """The :data:`~synclearn.options.REHEARSAL_FIELDS` of this setup."""
+        return {name: getattr(self, name) for name in REHEARSAL_FIELDS}
 
     def bind(self, learner: Any, policy: Any) -> "MemorySetup":
         """Build the run-time parts for ``learner``, with ``policy`` the replay policy."""
@@ -87,9 +108,7 @@ class MemorySetup:
         """:class:`~synclearn.learn.sync.LearnerHandle` settings for this memory setup."""
         if self.policy is None:
             raise RuntimeError("MemorySetup.bind(learner, policy) must run before attach_options()")
-        return {"batch_size": self.batch_size, "replay_ratio": self.replay_ratio, "policy": self.policy,
-                "consolidation": self.consolidator, "consolidate_every": self.consolidate_every,
-                "new_repeats": self.new_repeats, "learned_loss": self.learned_loss, "min_gain": self.min_gain}
+        return {"policy": self.policy, "consolidation": self.consolidator, **self.rehearsal()}
 
     def builder(self, log: Any, seed: int = 0):
         """A :class:`~synclearn.memory.ReplayBatchBuilder` with these settings (for benchmarks
@@ -101,69 +120,42 @@ class MemorySetup:
                                   min_gain=self.min_gain)
 
 
-@dataclass
-class ServeSettings:
-    """How the model serves (the ``serve`` config group).
-
-    Attributes:
-        max_new_tokens, temperature, top_k, top_p: the sessions' sampling defaults.
-        serve_threads: torch intra-op threads of the serving thread (0 = leave as is).
-        learn_threads: intra-op threads of the attached learner's thread.
-        idle_only, max_defer_s, poll_s: the attached learner's governor
-            (:class:`~synclearn.learn.sync.LearnerHandle`).
-    """
-
-    max_new_tokens: int = 48
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    serve_threads: int = 1
-    learn_threads: int = 1
-    idle_only: bool = True
-    max_defer_s: float = 2.0
-    poll_s: float = 0.05
-
-    def session(self, model: Any, log: Any):
-        from synclearn.chat import ChatSession
-
-        return ChatSession(model, log, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                           top_k=self.top_k, top_p=self.top_p)
-
-    def attach_options(self) -> dict[str, Any]:
-        return {"learn_threads": self.learn_threads, "idle_only": self.idle_only, "max_defer_s": self.max_defer_s,
-                "poll_s": self.poll_s}
+# the serve group builds ServeOptions (the name benchmarks used before it moved to synclearn.options)
+ServeSettings = ServeOptions
 
 
 def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     """Build the model, log, learner and memory from ``cfg``, run its benchmark into ``out_dir``,
     write ``metrics.json``/``metrics.csv``/``summary.txt`` and a checkpoint; returns the metrics.
 
-    A benchmark that builds its own model (its function has ``builds_model = True``:
-    split-digits and text-domains) gets no model, learner or log, and the model group is not
-    built: :func:`run_own_model_benchmark` calls it as ``run(out_dir, *, learner, memory,
-    seed, progress, **options)``, ``learner`` being the learner group's settings."""
-    from hydra.utils import get_method, instantiate
+    A benchmark whose config says ``needs_model: false`` (split-digits and text-domains build
+    their own model) gets no model, learner or log, and the model group is not built:
+    :func:`run_own_model_benchmark` calls it as ``run(out_dir, *, learner, memory, seed,
+    progress, **options)``, ``learner`` being the learner group's settings."""
+    from hydra.utils import instantiate
 
     from synclearn.chat.checkpoint import CheckpointStore
+    from synclearn.learn import Learner
     from synclearn.memory import InteractionLog
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    if getattr(get_method(cfg.benchmark._target_), "builds_model", False):
+    benchmark_cfg, needs_model = benchmark_config(cfg.benchmark)
+    if not needs_model:
         return run_own_model_benchmark(cfg, out_dir)
     model = instantiate(cfg.model)
     model_s = time.perf_counter() - t0
     log = InteractionLog(out_dir / "interactions.db")
     memory = instantiate(cfg.memory)
     journal = out_dir / "journal" if memory.journal else None
-    learner = instantiate(cfg.learner)(model, log, journal=journal)
+    learner = Learner(model, log, journal=journal, **learner_options(cfg.learner).kwargs())
     memory.bind(learner, instantiate(cfg.replay))
     serve = instantiate(cfg.serve)
     if serve.serve_threads:
         torch.set_num_threads(serve.serve_threads)
-    benchmark = instantiate(cfg.benchmark)
+    benchmark = instantiate(benchmark_cfg)
     try:
         results = benchmark(model=model, learner=learner, log=log, out_dir=out_dir, memory=memory, serve=serve,
                             seed=cfg.seed, progress=cfg.progress)
@@ -181,17 +173,40 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     return results
 
 
-def learner_settings(learner_cfg: Any) -> dict[str, Any]:
-    """The learner group as plain Learner arguments: ``_target_``/``_partial_`` and None
-    values (= "the benchmark's default", e.g. ``learner.lr: null``) left out."""
+def benchmark_config(benchmark_cfg: Any) -> tuple[dict[str, Any], bool]:
+    """The benchmark group as (what to instantiate, whether it needs the model group). Its
+    ``needs_model`` key (default true) says whether the benchmark is handed the model, the
+    learner and the log (chat-facts) or builds its own model (``needs_model: false``)."""
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_container(benchmark_cfg, resolve=True)
+    needs_model = settings.pop("needs_model", True)
+    if not isinstance(needs_model, bool):
+        raise ValueError(f"benchmark.needs_model={needs_model!r} (expected true or false)")
+    return settings, needs_model
+
+
+def learner_options(learner_cfg: Any) -> LearnerOptions:
+    """The learner group as :class:`~synclearn.options.LearnerOptions` (checked; unknown keys refused)."""
     from omegaconf import OmegaConf
 
     settings = OmegaConf.to_container(learner_cfg, resolve=True)
-    return {k: v for k, v in settings.items() if v is not None and k not in ("_target_", "_partial_")}
+    settings.pop("_target_", None)
+    return LearnerOptions.from_dict(settings)
+
+
+def learner_settings(learner_cfg: Any) -> dict[str, Any]:
+    """The learner group's keys as plain Learner arguments (checked as LearnerOptions), None
+    values (= "the benchmark's default", e.g. ``learner.lr: null``) left out."""
+    from omegaconf import OmegaConf
+
+    given = OmegaConf.to_container(learner_cfg, resolve=True)
+    options = learner_options(learner_cfg).kwargs()
+    return {k: options[k] for k in given if k != "_target_" and options[k] is not None}
 
 
 def run_own_model_benchmark(cfg: Any, out_dir: Path) -> dict[str, Any]:
-    """:func:`run_experiment` for a benchmark that builds its own model (``builds_model``):
+    """:func:`run_experiment` for a benchmark that builds its own model (``needs_model: false``):
     nothing of the ``model`` group is built (no chat-base pretraining), and there is no
     interaction log or checkpoint. The benchmark gets the learner group's settings
     (:func:`learner_settings`) and the memory group (a :class:`MemorySetup`, not bound);
@@ -204,7 +219,7 @@ def run_own_model_benchmark(cfg: Any, out_dir: Path) -> dict[str, Any]:
     serve = instantiate(cfg.serve)
     if serve.serve_threads:
         torch.set_num_threads(serve.serve_threads)
-    benchmark = instantiate(cfg.benchmark)
+    benchmark = instantiate(benchmark_config(cfg.benchmark)[0])
     results = benchmark(out_dir=out_dir, learner=learner_settings(cfg.learner), memory=memory, seed=cfg.seed,
                         progress=cfg.progress)
     results["wall_s"] = time.perf_counter() - t0

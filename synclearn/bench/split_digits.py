@@ -59,9 +59,10 @@ import torch
 from torch import Tensor
 
 from synclearn.eval import metrics
+from synclearn.memory.replay import Reservoir
 
 __all__ = ["DEFAULT_LR", "EWC_METHODS", "METHODS", "SETTINGS", "TASKS", "DigitsSplit", "MethodSpec",
-           "ReservoirBuffer", "default_lr", "evaluate_tasks", "hydra_method", "load_split_digits", "method_spec",
+           "default_lr", "evaluate_tasks", "hydra_method", "load_split_digits", "method_spec", "replay_rows",
            "run", "run_split_digits", "task_mask"]
 
 
@@ -192,40 +193,13 @@ def load_split_digits(seed: int = 0, test_fraction: float = 0.25) -> DigitsSplit
     return DigitsSplit(tensor(x[~test]), tensor(y[~test]), tensor(x[test]), tensor(y[test]))
 
 
-class ReservoirBuffer:
-    """A bounded replay memory of example indices (Algorithm R, Vitter 1985): after ``seen``
-    offers, each offered index is held with probability ``capacity / seen``.
-
-    Args:
-        capacity: most indices held (0: the buffer stays empty).
-        rng: the only randomness (a seeded ``numpy.random.Generator``).
-    """
-
-    def __init__(self, capacity: int, rng: np.random.Generator) -> None:
-        if not isinstance(capacity, int) or capacity < 0:
-            raise ValueError(f"capacity={capacity!r} (expected an integer >= 0)")
-        self.capacity, self.rng, self.seen = capacity, rng, 0
-        self.items: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, indices: np.ndarray | list[int]) -> None:
-        for i in indices:
-            self.seen += 1
-            if len(self.items) < self.capacity:
-                self.items.append(int(i))
-            else:
-                j = int(self.rng.integers(self.seen))
-                if j < self.capacity:
-                    self.items[j] = int(i)
-
-    def sample(self, k: int) -> np.ndarray:
-        """``min(k, len(self))`` distinct held indices, uniformly."""
-        k = min(k, len(self.items))
-        if k == 0:
-            return np.zeros(0, dtype=np.int64)
-        return np.asarray(self.items, dtype=np.int64)[self.rng.choice(len(self.items), size=k, replace=False)]
+def replay_rows(pool: Reservoir | None, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``min(k, held)`` distinct example indices drawn uniformly from the replay reservoir
+    (:class:`~synclearn.memory.Reservoir`, the framework's; None: no replay)."""
+    k = 0 if pool is None else min(k, len(pool.pool))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    return rng.choice(pool.pool, size=k, replace=False)
 
 
 def task_mask(labels: Tensor, n_classes: int = 10) -> Tensor:
@@ -324,7 +298,7 @@ def run_split_digits(
     else:
         consolidation = Consolidation(learner, "lock" if spec.update == "sparse" else "ewc", fraction=lock_fraction)
     rng = np.random.default_rng(seed)
-    buffer = ReservoirBuffer(buffer_size if spec.replay else 0, rng)
+    pool = Reservoir(buffer_size) if spec.replay and buffer_size > 0 else None  # the stream's replay memory
 
     baseline = evaluate_tasks(model, data, setting)
     rows, steps, skipped, seconds = [], 0, 0, 0.0
@@ -335,13 +309,13 @@ def run_split_digits(
             order = rng.permutation(idx)
             for start in range(0, len(order), batch_size):
                 new = order[start : start + batch_size]
-                rows_ = np.concatenate([new, buffer.sample(len(new))])
+                rows_ = np.concatenate([new, replay_rows(pool, len(new), rng)])
                 x, y = data.x_train[rows_], data.y_train[rows_]
                 allowed = task_mask(y) if setting == "task" else None
                 result = learner.step_batch(LabelBatch(x, y, allowed=allowed))
                 steps, skipped = steps + 1, skipped + int(result.skipped)
-                if epoch == 0:  # the stream offers each example to the buffer once
-                    buffer.add(new)
+                if epoch == 0 and pool is not None:  # the stream offers each example to the buffer once
+                    pool.offer(new, rng)
         if consolidation is not None:
             if consolidation.policy == "ewc":  # Fisher of this task's loss, then anchor here
                 for start in range(0, len(idx), batch_size):
@@ -458,8 +432,8 @@ def run(
     learning rates (``DEFAULT_LR``) were found at one lock fraction, so the benchmark pins it
     (``conf/benchmark/split_digits.yaml``) whatever the memory group's default for chat is.
 
-    It builds its own model (``run.builds_model``): :func:`~synclearn.bench.experiment.run_experiment`
-    passes the ``learner`` group's settings (the Learner arguments; ``lr: null`` = the tuned
+    It builds its own model (``needs_model: false`` in ``conf/benchmark/split_digits.yaml``):
+    :func:`~synclearn.bench.experiment.run_experiment` passes the ``learner`` group's settings (the Learner arguments; ``lr: null`` = the tuned
     ``DEFAULT_LR`` of the method) and the ``memory`` group instead of a model and a learner.
     The method follows from ``learner.update`` and the memory group (:func:`hydra_method`);
     consolidation is ``memory.consolidation`` (its policy, lock fraction, EWC strength, decay)
@@ -490,9 +464,6 @@ def run(
         f"plot: {result['files']['png']}",
     ]
     return out
-
-
-run.builds_model = True  # type: ignore[attr-defined]
 
 
 def _metrics_line(out: dict[str, Any]) -> str:

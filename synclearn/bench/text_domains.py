@@ -52,15 +52,16 @@ import numpy as np
 import torch
 
 from synclearn.eval import metrics
+from synclearn.memory.replay import Reservoir
 from synclearn.bench.split_digits import (
     EWC_METHODS,
     METHODS,
     SCALARS,
-    ReservoirBuffer,
     default_lr,
     hydra_method,
     method_spec,
     pinned_consolidation,
+    replay_rows,
     scalars_series_summary,
     split_learner_settings,
 )
@@ -306,8 +307,8 @@ def run_text_domains(
     else:
         consolidation = Consolidation(learner, "lock" if spec.update == "sparse" else "ewc", fraction=lock_fraction)
     rng = np.random.default_rng(seed)
-    buffer = ReservoirBuffer(buffer_size if spec.replay else 0, rng)
-    pool: list[str] = []  # every training segment seen so far; the buffer holds indices into it
+    buffer = Reservoir(buffer_size) if spec.replay and buffer_size > 0 else None  # indices into pool
+    pool: list[str] = []  # every training segment seen so far
     tests = [test for _, _, test in data]
 
     baseline, baseline_nll = evaluate_domains(model, tests)
@@ -321,11 +322,11 @@ def run_text_domains(
                 order, cursor, first_pass = rng.permutation(len(train)), 0, False
             new = order[cursor : cursor + batch_size] + offset
             cursor += batch_size
-            replayed = buffer.sample(len(new))
+            replayed = replay_rows(buffer, len(new), rng)
             result = learner.step([pool[i] for i in np.concatenate([new, replayed])])
             steps, skipped = steps + 1, skipped + int(result.skipped)
-            if first_pass:  # the stream offers each segment to the buffer once
-                buffer.add(new)
+            if first_pass and buffer is not None:  # the stream offers each segment to the buffer once
+                buffer.offer(new, rng)
         if consolidation is not None:
             if consolidation.policy == "ewc":  # Fisher of this domain's loss, then anchor here
                 for start in range(0, len(train), batch_size):
@@ -392,7 +393,8 @@ def run(
     ``lock_fraction``, when given, replaces ``memory.consolidation``'s lock fraction (the
     benchmark pins the one its learning rates were tuned at).
 
-    It builds its own model (``run.builds_model``): ``model`` is a named size (freshly
+    It builds its own model (``needs_model: false`` in ``conf/benchmark/text_domains.yaml``):
+    ``model`` is a named size (freshly
     initialized from ``seed``, ``model_overrides`` changing MCSDConfig fields) warmed up on
     ``warmup``; :func:`~synclearn.bench.experiment.run_experiment` passes the ``learner``
     group's settings (``lr: null`` = the tuned ``DEFAULT_LR``) and the ``memory`` group. The
@@ -441,9 +443,6 @@ def run(
         f"plot: {result['files']['png']}",
     ]
     return out
-
-
-run.builds_model = True  # type: ignore[attr-defined]
 
 
 def _write_outputs(result: dict[str, Any], out_dir: Path, stem: str) -> None:

@@ -25,22 +25,41 @@ them as new.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from synclearn.chat.checkpoint import CheckpointStore
 from synclearn.chat.session import ChatSession
 from synclearn.learn import Learner, guard_for
 from synclearn.memory import InteractionLog
-from synclearn.options import AttachOptions
+from synclearn.memory.replay import uniform
+from synclearn.options import AttachOptions, LearnerOptions
+
+logger = logging.getLogger(__name__)
 
 # the attach options the HTTP attach body offered before it was derived from AttachOptions;
 # Runtime.attach takes every AttachOptions field
 ATTACH_OPTIONS = ("batch_size", "replay_ratio", "idle_replay", "max_steps", "max_defer_s", "poll_s", "learn_threads",
                   "idle_only", "on_error", "seed")
 FORGET_MODES = ("exact", "approximate", "auto")
+
+
+def canonical_model_name(model: str | os.PathLike) -> str:
+    """One spelling per model: a pretrained name as is (``"mcsd-chat"``), a random initialization
+    as ``"<size>-random"`` (the bare size is its alias), a directory as its absolute resolved path."""
+    from synclearn.learn.pretrain import PRETRAINED_NAMES
+    from synclearn.model.checkpoint import RANDOM_SUFFIX
+    from synclearn.model.config import NAMED_CONFIGS
+
+    key = str(model)
+    if key in PRETRAINED_NAMES:
+        return key
+    if key.removesuffix(RANDOM_SUFFIX) in NAMED_CONFIGS:
+        return key.removesuffix(RANDOM_SUFFIX) + RANDOM_SUFFIX
+    return str(Path(key).expanduser().resolve())
 
 
 class NotFound(LookupError):
@@ -115,7 +134,11 @@ class Runtime:
         self.guard = guard_for(model)
         self.load = ServingLoad(log)
         self.handle: Any = None
-        self.attach_defaults = AttachOptions()
+        self.attach_defaults = AttachOptions()  # Runtime.attach's options replace these
+        self.attach_objects: dict[str, Any] = {}  # the replay policy and consolidation handed to the learner
+        self.sampling: dict[str, Any] = {}  # the sessions' sampling defaults
+        self.resumed_from: dict | None = None  # the manifest of the checkpoint open() restored
+        self.data_dir: Path | None = None  # where open() keeps the log and checkpoints
         self.attach_options: dict[str, Any] = {}
         self.last_checkpoint: dict | None = checkpoints.manifest() if checkpoints else None
         self._control = threading.RLock()  # attach / detach / forget / save / close, one at a time
@@ -130,53 +153,82 @@ class Runtime:
             self._autosave.start()
 
     @classmethod
-    def open(cls, model: str | os.PathLike = "mcsd-tiny", data_dir: str | os.PathLike = "synclearn-data", *,
-             seed: int = 0, device: str | None = None, learner: dict | None = None,
-             checkpoint_every_s: float | None = 60.0, keep: int = 2, log_synchronous: str = "NORMAL") -> "Runtime":
-        """Open ``data_dir`` (``log.db`` and ``checkpoint/``), restoring the last checkpoint.
+    def open(cls, model: str | os.PathLike = "mcsd-tiny-random", data_dir: str | os.PathLike = "synclearn-data", *,
+             seed: int = 0, device: str | None = None, learner: dict | LearnerOptions | None = None,
+             checkpoint_every_s: float | None = 60.0, keep: int = 2, log_synchronous: str = "NORMAL",
+             build_model: Callable[[], Any] | None = None, memory: Any = None, policy: Any = None,
+             attach: AttachOptions | None = None, sampling: dict | None = None) -> "Runtime":
+        """Open ``data_dir`` (``log.db``, ``checkpoint/``, ``journal/``), restoring the last checkpoint.
 
         Args:
-            model: a named size or a model directory (see ``load_model``).
+            model: a model name or a model directory (see ``load_model``); with ``build_model``,
+                the name recorded in checkpoints. Spellings of one model (``mcsd-tiny`` and
+                ``mcsd-tiny-random``, ``./dir`` and ``/abs/dir``) are the same model.
             data_dir: where the log and checkpoints live (created if missing).
-            seed: initialization seed of a named size; the learner's seed by default.
+            seed: initialization seed of a random initialization; the learner's seed by default.
             device: where to put the model.
-            learner: Learner settings (``update``, ``neuron_fraction``, ``lr``, ...).
+            learner: Learner settings (:class:`~synclearn.options.LearnerOptions` or its fields).
             checkpoint_every_s: autosave period (None or 0: only on save/close).
             keep: checkpoint folders to keep.
             log_synchronous: the log's fsync policy (``"NORMAL"`` survives a killed process).
+            build_model: makes the model when there is no checkpoint to restore (default:
+                ``load_model(model, seed=seed, device=device)``).
+            memory: a memory setup (``memory.bind(learner, policy)``, then
+                ``memory.attach_options()`` gives the replay policy, the consolidation and the
+                rehearsal fields of the attach options), e.g. the ``memory`` config group.
+            policy: the replay policy handed to ``memory`` (default: uniform).
+            attach: the attach defaults (the memory setup's fields replace theirs).
+            sampling: the sessions' sampling defaults (``max_new_tokens``, ``temperature``, ...).
 
         Raises:
-            ValueError: the checkpoint in ``data_dir`` was made from another model.
+            ValueError: the checkpoint in ``data_dir`` was made from another model, or bad settings.
         """
         from synclearn.model import load_model
 
+        base = canonical_model_name(model)
         data = Path(data_dir)
         data.mkdir(parents=True, exist_ok=True)
-        options = {"seed": seed, "journal": data / "journal", **(learner or {})}
+        settings = learner.kwargs() if isinstance(learner, LearnerOptions) else {"seed": seed, **(learner or {})}
+        options = {**settings, "journal": data / "journal"}
         store = CheckpointStore(data / "checkpoint", keep=keep)
         manifest = store.manifest()
-        if manifest is not None and manifest["base"] != str(model):
-            raise ValueError(f"the checkpoint in {store.root} continues {manifest['base']!r}, not {str(model)!r}; "
+        if manifest is not None and canonical_model_name(manifest["base"]) != base:
+            raise ValueError(f"the checkpoint in {store.root} continues {manifest['base']!r}, not {base!r}; "
                              f"pass model={manifest['base']!r} or use another data directory")
         log = InteractionLog(data / "log.db", synchronous=log_synchronous)
         try:
             if manifest is None:
-                net = load_model(model, seed=seed, device=device)
+                net = build_model() if build_model is not None else load_model(model, seed=seed, device=device)
                 learn = Learner(net, log, **options)
             else:
                 net, learn, manifest = store.restore(lambda m: Learner(m, log, **options), device=device)
-                seq = (manifest.get("log") or {}).get("seq")  # rows learned after the snapshot: new again
-                log.unlearn_after(seq) if seq is not None else log.unlearn_since(manifest["saved_at"])
+                log.unlearn_since(manifest["saved_at"])
+                logger.info("restored checkpoint #%s of %s (weight version %s) from %s", manifest["seq"], base,
+                            manifest["weight_version"], store.root)
+            rt = cls(net, log, learn, base=base, seed=seed, checkpoints=store, checkpoint_every_s=checkpoint_every_s)
         except BaseException:
             log.close()
             raise
-        return cls(net, log, learn, base=str(model), seed=seed, checkpoints=store,
-                   checkpoint_every_s=checkpoint_every_s)
+        rt.data_dir = data.resolve()
+        rt.resumed_from = dict(manifest) if manifest is not None else None
+        rt.sampling = dict(sampling or {})
+        defaults = attach or AttachOptions()
+        if memory is not None:
+            memory.bind(learn, policy if policy is not None else uniform)
+            chosen = dict(memory.attach_options())  # AttachOptions fields, and run-time objects (policy, ...)
+            fields = set(AttachOptions.field_names())
+            rt.attach_objects = {k: v for k, v in chosen.items() if k not in fields}
+            defaults = defaults.replace(**{k: v for k, v in chosen.items() if k in fields})
+        elif policy is not None:
+            rt.attach_objects = {"policy": policy}
+        rt.attach_defaults = defaults
+        return rt
 
     # -- sessions -----------------------------------------------------------------------------------
     def new_session(self, session_id: str | None = None, *, system: str | None = None, **sampling: Any) -> ChatSession:
         """A ChatSession on the model, logging into the runtime's log, watched by the learner."""
-        chat = ChatSession(self.model, self.log, session_id=session_id, system=system, **sampling)
+        chat = ChatSession(self.model, self.log, session_id=session_id, system=system,
+                           **{**self.sampling, **sampling})
         self.load.watch(chat)
         return chat
 
@@ -202,8 +254,9 @@ class Runtime:
             self._check_open()
             if self.attached:
                 raise Conflict("the learner is already attached; detach it first")
-            self.handle = self.learner.attach(self.load, **chosen.kwargs())
+            self.handle = self.learner.attach(self.load, **self.attach_objects, **chosen.kwargs())
             self.attach_options = dict(options)  # what was asked; the rest are attach_defaults
+            logger.info("learner attached (%s): %s", self.learner.update, chosen)
         return self.status()
 
     def detach(self) -> dict:
@@ -312,7 +365,7 @@ class Runtime:
             finally:
                 if was_attached:
                     again = self.attach_defaults.replace(**self.attach_options)
-                    self.handle = self.learner.attach(self.load, **again.kwargs())
+                    self.handle = self.learner.attach(self.load, **self.attach_objects, **again.kwargs())
         return report.to_dict()
 
     def forget_everywhere(self, *, ids: list[int] | None = None, match: str | None = None,
@@ -401,6 +454,7 @@ class Runtime:
                 self.save(force=False)
             except Exception as err:  # keep serving; the next period tries again
                 self.autosave_error = f"{type(err).__name__}: {err}"
+                logger.error("autosave failed (retrying in %.0f s): %s", period, self.autosave_error)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from synclearn.chat.compose import banner
 from synclearn.chat.runtime import Conflict, NotFound, Runtime
 from synclearn.memory import LogError
 
@@ -92,7 +93,8 @@ class TerminalChat:
 
     def run(self, prompt: str = "you> ") -> int:
         """Read lines until EOF or /quit; returns 0."""
-        self.say(f"synclearn chat ({self.runtime.base}, session {self.session_id}). /help for commands.")
+        self.say(f"synclearn chat | {banner(self.runtime)} | session {self.session_id}")
+        self.say("/help lists the commands; /learn on attaches the learner")
         while True:
             self.output.write(prompt)
             self.output.flush()

@@ -11,8 +11,9 @@ from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
 from synclearn.eval import report
-from synclearn.bench.experiment import MemorySetup, ServeSettings
+from synclearn.bench.experiment import MemorySetup, benchmark_config, learner_options
 from synclearn.learn import Learner
+from synclearn.options import AttachOptions, LearnerOptions, ServeOptions
 from synclearn.run import CONF_DIR, main
 
 GROUPS = ("model", "learner", "memory", "replay", "benchmark", "serve", "experiment")
@@ -44,13 +45,20 @@ def test_every_option_composes_and_builds(group, option, tiny_model):
         assert callable(get_method(target)), target
     # everything but the model (the chat base would be pretrained) is built from its config
     memory = instantiate(cfg.memory)
-    assert isinstance(memory, MemorySetup)
-    learner = instantiate(cfg.learner)(tiny_model, None)
+    assert isinstance(memory, MemorySetup) or hasattr(memory, "attach_options")  # MemorySetup or MemoryManager
+    options = instantiate(cfg.learner)
+    assert isinstance(options, LearnerOptions) and options == learner_options(cfg.learner)
+    learner = Learner(tiny_model, None, **options.kwargs())
     assert isinstance(learner, Learner) and learner.update == cfg.learner["update"]
     memory.bind(learner, instantiate(cfg.replay))
     assert callable(memory.policy) and memory.attach_options()["batch_size"] == memory.batch_size
-    assert isinstance(instantiate(cfg.serve), ServeSettings)
-    assert callable(instantiate(cfg.benchmark))
+    serve = instantiate(cfg.serve)
+    assert isinstance(serve, ServeOptions)
+    chosen = AttachOptions(**{k: v for k, v in memory.attach_options().items() if k not in ("policy", "consolidation")},
+                           **serve.attach_options())  # the memory and serve groups never set the same field
+    assert chosen.batch_size == memory.batch_size
+    bench, needs_model = benchmark_config(cfg.benchmark)
+    assert callable(instantiate(bench)) and needs_model == (cfg.benchmark._target_.endswith("chat_facts.run"))
     if cfg.model._target_.endswith("pretrained_model"):  # the pretraining settings are a valid config
         from synclearn.learn.pretrain import PretrainConfig
 

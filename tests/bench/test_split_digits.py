@@ -12,15 +12,16 @@ from synclearn.bench.split_digits import (
     EWC_METHODS,
     METHODS,
     TASKS,
-    ReservoirBuffer,
     default_lr,
     load_split_digits,
     method_spec,
+    replay_rows,
     run_split_digits,
     task_mask,
 )
 from synclearn.learn.batch import LabelBatch
 from synclearn.memory import Consolidation
+from synclearn.memory.replay import Reservoir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,22 +38,21 @@ def test_split_is_stratified_disjoint_and_fixed_by_seed():
     assert sum(tuple(r) in train_rows for r in a.x_test.numpy().round(5).tolist()) < 20  # (the data has duplicates)
 
 
-def test_reservoir_buffer_is_bounded_uniform_and_seeded():
-    held = np.zeros(100)
-    for trial in range(400):
-        buf = ReservoirBuffer(10, np.random.default_rng(trial))
-        for start in range(0, 100, 7):
-            buf.add(range(start, min(start + 7, 100)))
-        assert len(buf) == 10 and buf.seen == 100
-        held[buf.items] += 1
-    assert abs(held[:50].sum() - held[50:].sum()) < 0.1 * held.sum()  # early and late equally likely
-    one, two = ReservoirBuffer(5, np.random.default_rng(3)), ReservoirBuffer(5, np.random.default_rng(3))
-    for b in (one, two):
-        b.add(range(50))
-    assert one.items == two.items and sorted(one.sample(3)) == sorted(two.sample(3))
-    assert len(ReservoirBuffer(0, np.random.default_rng(0)).sample(4)) == 0
-    with pytest.raises(ValueError, match="capacity=-1"):
-        ReservoirBuffer(-1, np.random.default_rng(0))
+def test_replay_draws_from_the_frameworks_reservoir():
+    pool = Reservoir(10)
+    rng = np.random.default_rng(0)
+    assert len(replay_rows(pool, 4, rng)) == 0 and len(replay_rows(None, 4, rng)) == 0
+    for start in range(0, 100, 7):
+        pool.offer(np.arange(start, min(start + 7, 100)), rng)
+    drawn = replay_rows(pool, 4, rng)
+    assert len(drawn) == 4 and len(set(drawn.tolist())) == 4 and set(drawn.tolist()) <= set(pool.pool.tolist())
+    assert len(replay_rows(pool, 50, rng)) == 10  # never more than it holds
+    again = Reservoir(10)
+    rng2 = np.random.default_rng(0)
+    replay_rows(again, 4, rng2)
+    for start in range(0, 100, 7):
+        again.offer(np.arange(start, min(start + 7, 100)), rng2)
+    assert again.pool.tolist() == pool.pool.tolist()  # seeded: the same stream holds the same examples
 
 
 def test_per_example_task_mask_restricts_the_loss_to_each_examples_task():

@@ -22,7 +22,8 @@ class ServeProcess:
     """``synclearn serve --port 0`` in a child process; ``url`` is read from its first line."""
 
     def __init__(self, data, *args, timeout=120):
-        cmd = [sys.executable, "-m", "synclearn.cli", "serve", "--data", str(data), "--port", "0", *args]
+        cmd = [sys.executable, "-m", "synclearn.cli", "serve", "--model", MODEL, "--data", str(data), "--port", "0",
+               *args]
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         lines: queue.Queue = queue.Queue()

@@ -117,12 +117,16 @@ def test_forget_by_text_and_whole_session(runtime):
 
 def test_chat_command_over_stdin_resumes_from_its_checkpoint(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    cmd = [sys.executable, "-m", "synclearn.cli", "chat", "--data", str(tmp_path / "d"), "--max-tokens", "6"]
+    cmd = [sys.executable, "-m", "synclearn.cli", "chat", "--model", MODEL, "--data", str(tmp_path / "d"),
+           "--max-tokens", "6"]
     first = subprocess.run(cmd, input="hi there\n/status\n/save\n", capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "bot> " in first.stdout and "log 1 rows" in first.stdout and "saved checkpoint #1" in first.stdout
+    banner = first.stdout.splitlines()[0]
+    assert f"model {MODEL} | data {(tmp_path / 'd').resolve()} | learner off (sparse updates) | fresh start" in banner
     second = subprocess.run(cmd, input="/status\n/quit\n", capture_output=True, text=True, env=env, timeout=120)
     assert second.returncode == 0, second.stderr
+    assert "resumed from checkpoint #1 (weight version 0)" in second.stdout.splitlines()[0]
     assert "log 1 rows | checkpoint #1 at v0" in second.stdout
 
 
@@ -138,5 +142,19 @@ def test_runtime_refuses_a_checkpoint_of_another_model(tmp_path):
     rt = Runtime.open(MODEL, tmp_path, checkpoint_every_s=0)
     rt.save()
     rt.close()
-    with pytest.raises(ValueError, match="continues 'mcsd-tiny'"):
+    with pytest.raises(ValueError, match="continues 'mcsd-tiny-random'"):
         Runtime.open("mcsd-small", tmp_path)
+    Runtime.open("mcsd-tiny", tmp_path).close()  # another spelling of the same model
+
+
+def test_runtime_takes_any_spelling_of_a_model_directory(tmp_path, monkeypatch):
+    from synclearn.model import load_model, save_model
+
+    save_model(load_model(MODEL), tmp_path / "base")
+    rt = Runtime.open(tmp_path / "base", tmp_path / "data", checkpoint_every_s=0)
+    rt.save()
+    rt.close()
+    monkeypatch.chdir(tmp_path)
+    rt = Runtime.open("./data/../base/", "data", checkpoint_every_s=0)
+    assert rt.base == str((tmp_path / "base").resolve()) and rt.resumed_from["seq"] == 1
+    rt.close()
