@@ -1,0 +1,243 @@
+"""Brain-like activation that saves compute (issue 15): sparse decode and the sparse step, side by side.
+
+One run measures, on this machine (CPU unless ``--device cuda``):
+
+1. **decode at 10/25/50% of the neurons vs dense**, batch 1, on ``--model`` (default
+   ``mcsd-small``, random weights; its predictors are fitted with ``fit_predictors`` on the
+   MLP inputs of the built-in corpus first). Same prefilled context, the sides taking turns
+   run by run; the fastest run counts.
+2. **held-out NLL at those fractions vs dense** on a model that has learned something:
+   ``--base mcsd-chat`` (the cached chat base, pretrained on first use) or, by default, a
+   ``mcsd-chat``-shaped model trained here for ``--nll-train-steps`` steps on the built-in
+   corpus (the report says which), predictors fitted on its training text; the held-out text is
+   chat turns from another seed. NLL = mean cross-entropy per token of the sparse chunked form
+   (each token uses its own k neurons, as decoding does).
+3. **decode at ``--long-context`` tokens**: MCSD dense and with sparse decode at the first
+   fraction vs a same-size ``LlamaForCausalLM`` with a KV cache (bench_decode's pair).
+4. **the sparse learning step at ``--learn-fraction``** on ``--model``: its compute (trace,
+   selection, forward through the gathered neurons, gradients) as the learner runs it today
+   (two whole forwards) vs :func:`synclearn.learn.sparse.trace_pass` +
+   :func:`~synclearn.learn.sparse.resumed_forward`, and whether the two give bitwise equal
+   losses and gradients.
+5. **training tokens/s at ``--train-seq``**, MCSD vs the same Llama (forward + backward + AdamW).
+
+Prints a table, writes JSON to ``--out``. Wall-clock figures: the machine may be shared (the
+load average is recorded).
+
+    .venv/bin/python experiments/bench_sparse.py --quick    # ~2-3 min on 2 idle cores
+    .venv/bin/python experiments/bench_sparse.py            # the issue's sizes (4096 context, 2048 train)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decode import MCSDSide, MCSDSparseSide, build_pair, measure_decode, measure_training  # noqa: E402
+from common import environment, print_table, write_json  # noqa: E402
+
+from synclearn.data import chat_pairs, encode_corpus  # noqa: E402
+from synclearn.learn.select import SELECTORS  # noqa: E402
+from synclearn.learn.sparse import gather_slice, plastic_forward, resumed_forward, trace_pass  # noqa: E402
+from synclearn.model import ByteTokenizer, SparseSpec, build_model, fit_predictors, load_model, named_config  # noqa: E402
+from synclearn.model import NeuronTrace, neuron_context  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[bench_sparse] {msg}", file=sys.stderr, flush=True)
+
+
+def corpus_batches(seq: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+    ids = encode_corpus(400, seed)
+    starts = torch.randint(0, len(ids) - seq - 1, (n,), generator=torch.Generator().manual_seed(seed))
+    return [ids[s : s + seq + 1][None] for s in starts.tolist()]
+
+
+def decode_vs_fraction(args) -> list[dict]:
+    model = load_model(args.model, seed=args.seed)
+    log(f"fitting predictors of {args.model}")
+    fit_predictors(model, [b[:, :-1] for b in corpus_batches(256, 4)], steps=args.predictor_steps)
+    dense = MCSDSide(model)
+    sides = [dense] + [MCSDSparseSide(model, f) for f in args.fractions]
+    log(f"decode at {args.fractions} of the neurons vs dense, context {args.context}")
+    out = measure_decode(sides, args.context, 1, args, args.device)
+    return [dict(part="decode vs dense", model=args.model, side=s.label, context=args.context, value=r["decode"],
+                 unit="tok/s", ratio=r["decode"] / out[0]["decode"], runs_s=r["runs_s"]) for s, r in zip(sides, out)]
+
+
+def trained_base(args):
+    if args.base != "quick-train":
+        return load_model(args.base), f"{args.base} (load_model)"
+    cfg = named_config("mcsd-chat")
+    model = build_model(cfg, seed=args.seed).train()
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if ".predictor." not in n], lr=3e-3)
+    data = encode_corpus(400, args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    for _ in range(args.nll_train_steps):
+        starts = torch.randint(0, len(data) - 129, (16,), generator=gen)
+        batch = torch.stack([data[s : s + 129] for s in starts.tolist()])
+        loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval(), f"mcsd-chat shape trained here for {args.nll_train_steps} steps (final loss {float(loss):.3f})"
+
+
+def nll_vs_fraction(args) -> tuple[list[dict], str]:
+    model, which = trained_base(args)
+    log(f"held-out NLL on {which}")
+    recall = fit_predictors(model, [b[:, :-1] for b in corpus_batches(128, 16, args.seed)], steps=args.predictor_steps)
+    tok = ByteTokenizer()
+    ids = []
+    for pair in chat_pairs(60, seed=args.seed + 991):  # held out: another seed's turns
+        p, r = tok.turn(pair["prompt"], pair["response"])
+        ids += p + r
+    held = torch.tensor(ids[: args.nll_tokens + 1])[None]
+    rows, dense_nll = [], None
+    with torch.inference_mode():
+        for frac in [1.0, *args.fractions]:
+            spec = None if frac == 1.0 else SparseSpec(max(1, round(frac * model.config.d_ff)), "predictor")
+            logits = model(held[:, :-1], sparse=spec)
+            nll = float(F.cross_entropy(logits.flatten(0, 1).float(), held[:, 1:].flatten()))
+            dense_nll = nll if dense_nll is None else dense_nll
+            rows.append(dict(part="held-out NLL", model=which.split(" ")[0], side="dense" if spec is None else f"sparse {frac:.0%}",
+                             context=held.shape[1] - 1, value=nll, unit="nats/token", ratio=nll / dense_nll))
+    rows[0]["predictor_recall_top10"] = {str(k): round(v, 3) for k, v in recall.items()}
+    return rows, which
+
+
+def long_context(args) -> list[dict]:
+    max_pos = max(args.long_context + (args.repeats + 1) * args.new_tokens + 1, args.train_seq + 1)
+    mcsd, llama = build_pair(args.model, args.device, torch.float32, args.seed, max_pos)
+    fit_predictors(mcsd.model, [b[:, :-1] for b in corpus_batches(256, 4)], steps=args.predictor_steps)
+    sparse = MCSDSparseSide(mcsd.model, args.fractions[0])
+    log(f"decode at context {args.long_context}: MCSD dense / sparse vs Llama with KV cache")
+    m, s, t = measure_decode((mcsd, sparse, llama), args.long_context, 1, args, args.device)
+    rows = [dict(part="long-context decode", model=args.model, side=side.label, context=args.long_context, value=r["decode"],
+                 unit="tok/s", ratio=r["decode"] / t["decode"], runs_s=r["runs_s"])
+            for side, r in ((mcsd, m), (sparse, s), (llama, t))]
+    log(f"training tokens/s at {args.train_seq}")
+    tm, tt = measure_training((mcsd, llama), args, args.device)
+    rows += [dict(part="training", model=args.model, side=side.label, context=args.train_seq, value=r["train"], unit="tok/s",
+                  ratio=r["train"] / tt["train"], runs_s=r["runs_s"]) for side, r in ((mcsd, tm), (llama, tt))]
+    return rows
+
+
+def sparse_learning(args) -> list[dict]:
+    model = load_model(args.model, seed=args.seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n = model.config.n_layers
+    layers = list(range(max(0, n - args.plastic_layers), n))
+    budget = max(1, round(args.learn_fraction * model.config.d_ff))
+    batch = corpus_batches(args.learn_seq, args.learn_batch, args.seed + 5)
+    ids = torch.cat(batch)  # [B, T + 1]
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    mask = torch.ones_like(inputs, dtype=torch.float32)
+
+    def core(fast: bool):
+        trace = NeuronTrace(mask=mask)
+        if fast:
+            traced = trace_pass(model, inputs, trace, layers)
+        else:
+            with torch.no_grad(), neuron_context(trace=trace):
+                model(inputs)
+        fn, source = SELECTORS["topk"]
+        gen = torch.Generator().manual_seed(0)
+        chosen = {l: fn(getattr(trace, source)[l], budget, locked=None, exploration=0.0, generator=gen) for l in layers}
+        layouts = model.neuron_layouts()
+        slices = {l: gather_slice(layouts[l], l, idx) for l, idx in chosen.items()}
+        overrides = {l: (lambda x, lo=layouts[l], sl=sl: plastic_forward(x, lo, sl)) for l, sl in slices.items()}
+        with neuron_context(overrides=overrides):
+            logits = resumed_forward(model, inputs, traced) if fast else model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return loss, torch.autograd.grad(loss, [t for sl in slices.values() for t in sl.leaves])
+
+    log(f"sparse learning step at {args.learn_fraction:.0%}, plastic layers {layers}")
+    results = {False: core(False), True: core(True)}  # warm-up, and the results compared
+    same = torch.equal(results[False][0], results[True][0]) and all(
+        torch.equal(a, b) for a, b in zip(results[False][1], results[True][1]))
+    times = {False: [], True: []}
+    for _ in range(args.repeats):
+        for fast in (False, True):
+            t0 = time.perf_counter()
+            core(fast)
+            times[fast].append(time.perf_counter() - t0)
+    base = min(times[False])
+    return [dict(part="sparse learning step", model=args.model, side="today (two whole forwards)" if not fast else
+                 "trace_pass + resumed_forward", context=args.learn_seq, value=min(times[fast]), unit="s",
+                 ratio=base / min(times[fast]), bitwise_equal=same, runs_s=times[fast]) for fast in (False, True)]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="short sizes, one thread (a few minutes on a shared machine)")
+    p.add_argument("--model", default="mcsd-small", help="MCSD size for speed (random weights)")
+    p.add_argument("--base", default="quick-train", help="'quick-train' or a model name/dir for the NLL part")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    p.add_argument("--context", type=int, default=256, help="prefilled context of the decode-vs-dense part")
+    p.add_argument("--long-context", type=int, default=4096)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--train-seq", type=int, default=2048)
+    p.add_argument("--train-batch", type=int, default=1)
+    p.add_argument("--train-steps", type=int, default=2)
+    p.add_argument("--nll-train-steps", type=int, default=300)
+    p.add_argument("--nll-tokens", type=int, default=2048)
+    p.add_argument("--predictor-steps", type=int, default=300)
+    p.add_argument("--learn-fraction", type=float, default=0.05)
+    p.add_argument("--plastic-layers", type=int, default=4, help="the learner's default: the last 4 layers")
+    p.add_argument("--learn-seq", type=int, default=128)
+    p.add_argument("--learn-batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="experiments/out/bench_sparse.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.context, args.long_context, args.train_seq, args.repeats, args.new_tokens = 64, 1024, 512, 2, 8
+        args.nll_train_steps, args.nll_tokens, args.predictor_steps, args.train_steps = 80, 512, 100, 1
+        args.learn_seq, args.learn_batch, args.threads = 64, 4, 1
+    bad = [f"--fractions {f} (expected 0 < f < 1)" for f in args.fractions if not 0 < f < 1]
+    if not 0 < args.learn_fraction <= 1:
+        bad.append(f"--learn-fraction={args.learn_fraction} (expected 0 < f <= 1)")
+    if bad:
+        p.error("; ".join(bad))
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    rows = decode_vs_fraction(args)
+    nll_rows, which = nll_vs_fraction(args)
+    rows += nll_rows + sparse_learning(args) + long_context(args)
+    ratio = {(r["part"], r["side"]): r["ratio"] for r in rows}
+    goals = {
+        "decode_10pct_vs_dense>=2.5": ratio[("decode vs dense", f"MCSD sparse {args.fractions[0]:.0%}")],
+        "nll_10pct_within_2pct": ratio[("held-out NLL", f"sparse {args.fractions[0]:.0%}")],
+        f"mcsd_sparse_decode_at_{args.long_context}_vs_llama>=8": ratio[("long-context decode", f"MCSD sparse {args.fractions[0]:.0%}")],
+        "learn_step_speedup>=1.5": ratio[("sparse learning step", "trace_pass + resumed_forward")],
+        f"train_tok_s_at_{args.train_seq}_vs_llama>=2": ratio[("training", "MCSD")],
+    }
+    print_table(rows, ["part", "side", "context", "value", "unit", "ratio"])
+    print("\ngoals (measured ratio):")
+    for k, v in goals.items():
+        print(f"  {k}: {v:.3f}")
+    env = environment() | {"loadavg_start": load_start, "loadavg_end": os.getloadavg(), "cpu_count": os.cpu_count()}
+    out = write_json(args.out, {"command": " ".join(["python", *sys.argv]), "config": vars(args), "nll_model": which,
+                                "environment": env, "results": rows, "goals": goals})
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
