@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save_file as st_save_file
 
+from synclearn.durable import atomic_write, fsync_dir  # noqa: F401 (the one atomic-write helper; re-exported)
 from synclearn.model.config import NAMED_CONFIGS, MCSDConfig, named_config
 from synclearn.model.mcsd import MCSDLM
 
@@ -57,34 +57,6 @@ def save_model(model: MCSDLM, path: str | os.PathLike) -> Path:
     atomic_write(path / WEIGHTS_FILE, lambda tmp: st_save_file(tensors, tmp))
     atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return path
-
-
-def atomic_write(target: Path, write: Callable[[str], None]) -> None:
-    """Write ``target`` via ``write(temp_path)`` in the same folder, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(target.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_model(

@@ -73,3 +73,32 @@ def test_bad_settings():
     with pytest.raises(ValueError) as err:
         RowSparseAdamW(lr=0, betas=(1.0, 0.9), capacity=0)
     assert "lr=0" in str(err.value) and "betas" in str(err.value) and "capacity=0" in str(err.value)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_row_sparse_sgd_matches_torch_sgd_on_the_selected_rows(weight_decay):
+    from synclearn.learn.optim import RowSparseSGD
+
+    torch.manual_seed(0)
+    weight = torch.randn(20, 6)
+    ref = weight.clone().requires_grad_(True)
+    ref_opt = torch.optim.SGD([ref], lr=0.05, weight_decay=weight_decay, foreach=False)
+    opt = RowSparseSGD(lr=0.05, weight_decay=weight_decay)
+    rows = torch.tensor([2, 3, 11])
+    others = [i for i in range(20) if i not in rows.tolist()]
+    for _ in range(4):
+        g = torch.randn(20, 6)
+        plan = opt.plan(0, rows, weight[rows], g[rows])
+        assert opt.snapshot(plan) == {}  # no state: nothing to undo but the rows
+        opt.commit(plan)
+        weight[rows] = plan.new_params
+        ref.grad = g.clone()
+        ref.grad[others] = 0  # the reference steps only the selected rows (weight decay too)
+        saved = ref.detach()[others].clone()
+        ref_opt.step()
+        with torch.no_grad():
+            ref[others] = saved
+    assert torch.equal(weight[rows], ref.detach()[rows])  # bitwise: the same arithmetic
+    assert opt.state_bytes() == 0 and opt.state_dict()["layers"] == {}
+    with pytest.raises(ValueError, match="lr=0"):
+        RowSparseSGD(lr=0)
