@@ -186,8 +186,7 @@ def serve_main(argv: list[str]) -> int:
                        "(set --api-key or $%s)", server.host, API_KEY_ENV)
     rt = start_runtime(cfg)
     name = server.served_name or short_name(rt.base)
-    _exit_on_sigterm()
-    try:
+    try:  # SIGTERM/SIGINT: uvicorn shuts down gracefully (the app's shutdown closes the runtime)
         app = create_app(rt, model_name=name, api_key=api_key, admin_key=admin_key, limits=limits,
                          temperature=cfg.serve.temperature, top_p=cfg.serve.top_p)
         if cfg.learn:

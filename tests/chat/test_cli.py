@@ -16,6 +16,8 @@ from synclearn.cli import log_level, main as cli_main
 from synclearn.options import AttachOptions, LearnerOptions, ServeOptions
 from tests.chat.conftest import MODEL
 
+FAST = "memory.background=none"  # no base-model background statistics (minutes on a random model)
+
 
 def shorthand(*argv):
     ap = Parser(prog="test")
@@ -45,7 +47,7 @@ def test_flags_are_shorthands_for_overrides():
 
 def test_composed_config_builds_the_runtime(tmp_path):
     cfg = compose_app(["model=mcsd-tiny-random", f"data={tmp_path}", "learner.neuron_fraction=0.1",
-                       "serve.attach.poll_s=0.2", "memory=replay", "replay=uniform", "checkpoint_every_s=0"])
+                       "serve.attach.poll_s=0.2", "memory=replay", "replay=uniform", "checkpoint_every_s=0", FAST])
     rt = open_runtime(cfg)
     try:
         assert rt.base == MODEL and rt.learner.update == "sparse" and rt.data_dir == tmp_path.resolve()
@@ -89,7 +91,7 @@ def test_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
     monkey_stdin = sys.stdin
     sys.stdin = script
     try:
-        assert cli_main(["chat", "--model", MODEL, "--data", str(tmp_path), "--checkpoint-every", "0"]) == 0
+        assert cli_main(["chat", "--model", MODEL, "--data", str(tmp_path), "--checkpoint-every", "0", FAST]) == 0
     finally:
         sys.stdin = monkey_stdin
     capsys.readouterr()
@@ -113,11 +115,11 @@ def test_verbosity_flags_map_to_logging_levels(tmp_path, capsys):
     sys_stdin = sys.stdin
     sys.stdin = io.StringIO("/learn on\n/learn off\n")
     try:
-        assert cli_main(["-v", "chat", "--model", MODEL, "--data", str(tmp_path), "--checkpoint-every", "0"]) == 0
+        assert cli_main(["-v", "chat", "--model", MODEL, "--data", str(tmp_path), "--checkpoint-every", "0", FAST]) == 0
         assert logging.getLogger().level == logging.INFO
         assert "INFO synclearn.chat.runtime: learner attached" in capsys.readouterr().err
         sys.stdin = io.StringIO("")
-        assert cli_main(["-q", "chat", "--model", MODEL, "--data", str(tmp_path)]) == 0
+        assert cli_main(["-q", "chat", "--model", MODEL, "--data", str(tmp_path), FAST]) == 0
         assert logging.getLogger().level == logging.ERROR
     finally:
         sys.stdin = sys_stdin
@@ -131,4 +133,4 @@ def test_learner_group_is_learner_options():
     options = instantiate(cfg.learner)
     assert isinstance(options, LearnerOptions) and options.update == "lora" and options.lora_rank == 8
     with pytest.raises(UsageError, match="lr=-1"):
-        open_runtime(compose_app(["model=mcsd-tiny-random", "learner.lr=-1"]))
+        open_runtime(compose_app(["model=mcsd-tiny-random", "learner.lr=-1", FAST]))

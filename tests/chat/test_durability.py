@@ -23,7 +23,7 @@ class ServeProcess:
 
     def __init__(self, data, *args, timeout=120):
         cmd = [sys.executable, "-m", "synclearn.cli", "serve", "--model", MODEL, "--data", str(data), "--port", "0",
-               *args]
+               *args, "memory.background=none"]  # no base-model statistics: a random model, a quick start
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         lines: queue.Queue = queue.Queue()

@@ -118,7 +118,7 @@ def test_forget_by_text_and_whole_session(runtime):
 def test_chat_command_over_stdin_resumes_from_its_checkpoint(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     cmd = [sys.executable, "-m", "synclearn.cli", "chat", "--model", MODEL, "--data", str(tmp_path / "d"),
-           "--max-tokens", "6"]
+           "--max-tokens", "6", "memory.background=none"]
     first = subprocess.run(cmd, input="hi there\n/status\n/save\n", capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "bot> " in first.stdout and "log 1 rows" in first.stdout and "saved checkpoint #1" in first.stdout
