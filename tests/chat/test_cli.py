@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from synclearn.chat.commands import Parser, add_runtime_args, overrides_from
-from synclearn.chat.compose import UsageError, compose_app, model_name, model_overrides, open_runtime
+from synclearn.chat.compose import CONF_DIR, UsageError, compose_app, model_name, model_overrides, open_runtime
 from synclearn.cli import log_level, main as cli_main
 from synclearn.options import AttachOptions, LearnerOptions, ServeOptions
 from tests.chat.conftest import MODEL
@@ -134,3 +134,20 @@ def test_learner_group_is_learner_options():
     assert isinstance(options, LearnerOptions) and options.update == "lora" and options.lora_rank == 8
     with pytest.raises(UsageError, match="lr=-1"):
         open_runtime(compose_app(["model=mcsd-tiny-random", "learner.lr=-1", FAST]))
+
+
+CHAT_GROUPS = ("model", "learner", "memory", "replay", "serve")
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in CHAT_GROUPS
+                                          for p in sorted((CONF_DIR / g).glob("*.yaml"))])
+def test_every_option_of_every_group_composes_for_chat(group, option):
+    from hydra.utils import instantiate
+
+    overrides = [f"{group}={option}"] + (["model.name_or_path=mcsd-tiny-random"] if option == "checkpoint" else [])
+    cfg = compose_app(overrides)
+    assert isinstance(instantiate(cfg.learner), LearnerOptions)
+    serve = instantiate(cfg.serve)
+    assert isinstance(serve, ServeOptions) and AttachOptions(**serve.attach_options())
+    assert hasattr(instantiate(cfg.memory), "attach_options") and callable(instantiate(cfg.replay))
+    assert model_name(cfg.model) in ("mcsd-chat", "mcsd-tiny-random")
