@@ -195,7 +195,7 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
     due: dict[int, list[tuple[int, int]]] = {}
     records: list[dict[str, Any]] = []
     serving_ms: list[float] = []
-    handle = learner.attach(session, **memory.attach_options(), **serve.attach_options(), **_clock_option(clock))
+    handle = learner.attach(session, **memory.attach_options(), **serve.attach_options(), clock=clock)
     bar = _progress(len(turns), progress)
     try:
         for t, fact_index in enumerate(turns, start=1):
@@ -271,15 +271,6 @@ def free_shares(learner: Any) -> dict[int, float]:
         mask = learner.protected(layer)
         out[layer] = 1.0 if mask is None else 1.0 - float(mask.float().mean())
     return out
-
-
-def _clock_option(clock: Any) -> dict[str, Any]:
-    """``{"clock": clock}`` when the attached learner takes a clock (LearnerHandle ``clock=``)."""
-    import inspect
-
-    from synclearn.learn.sync import LearnerHandle
-
-    return {"clock": clock} if "clock" in inspect.signature(LearnerHandle).parameters else {}
 
 
 def _progress(total: int, enabled: bool):
