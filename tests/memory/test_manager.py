@@ -140,5 +140,6 @@ def test_soak_keeps_half_the_neurons_free_and_keeps_learning():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_soak_ten_thousand_steps():
     soak(10_000, half_life_steps=500)
