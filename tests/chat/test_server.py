@@ -98,7 +98,10 @@ def test_sessions_are_isolated_and_bounded(runtime):
 def test_attach_teach_detach_while_serving(server, runtime):
     client = openai_client(server.url)
     url = server.url
-    r = httpx.post(url + "/v1/learner/attach", json={"batch_size": 2, "max_defer_s": 0.2, "poll_s": 0.05})
+    # a random model's replies may be empty (nothing to learn): give the log learnable rows to replay
+    runtime.log.append_many([{"session_id": "seed", "prompt": f"q{i}", "response": f"answer {i}"} for i in range(4)])
+    r = httpx.post(url + "/v1/learner/attach", json={"batch_size": 2, "max_defer_s": 0.2, "poll_s": 0.05,
+                                                     "new_repeats": 1, "idle_replay": True})
     assert r.status_code == 200 and r.json()["attached"] is True
     assert httpx.post(url + "/v1/learner/attach").status_code == 409
     errors, stop = [], threading.Event()
@@ -167,11 +170,14 @@ def test_feedback_through_the_api(server, runtime):
 def test_forget_through_the_api_is_scoped_to_the_session(server, runtime):
     client = openai_client(server.url)
     url = server.url
-    httpx.post(url + "/v1/learner/attach", json={"batch_size": 2, "idle_replay": True, "poll_s": 0.05})
     for sid, text in (("alice", "my locker code is 4417"), ("alice", "the weather is mild"),
                       ("bob", "my locker code is 9902")):
         completion(client, [{"role": "user", "content": text}], session=sid)
-    wait_until(lambda: runtime.log.ids(learned=False) == [], 60, what="all rows learned")
+        # a correction makes the turn learnable even when the random model's reply is empty
+        httpx.post(url + "/v1/feedback", json={"correction": "Noted."}, headers={"X-Session-Id": sid})
+    httpx.post(url + "/v1/learner/attach", json={"batch_size": 2, "idle_replay": True, "poll_s": 0.05,
+                                                 "new_repeats": 1})
+    wait_until(lambda: runtime.learner.committed_steps >= 2, 60, what="two learner steps")
     r = httpx.post(url + "/v1/forget", json={"match": "locker code"}, headers={"X-Session-Id": "alice"}, timeout=120)
     assert r.status_code == 200, r.text
     report = r.json()
