@@ -485,6 +485,9 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
 
     def full_status() -> dict:
         out = runtime.status()
+        memory = getattr(runtime, "memory", None)  # the memory manager, when the runtime has one
+        if "memory" not in out and callable(getattr(memory, "status", None)):
+            out["memory"] = memory.status()  # per layer free / protected neurons, for the page
         pending = len(runtime.log.ids(learned=False))
         return {**out, "sessions": len(sessions), "log": {"rows": out["log_rows"], "learned": out["log_rows"] - pending,
                                                           "pending": pending},

@@ -101,7 +101,7 @@ function renderNeurons(memory) {
     if (!info || typeof info !== "object") continue;
     const free = info.free ?? info.free_neurons, prot = info.protected ?? info.protected_neurons;
     if (free === undefined && prot === undefined) continue;
-    const total = info.total ?? info.d_ff ?? ((free || 0) + (prot || 0));
+    const total = info.neurons ?? info.total ?? info.d_ff ?? ((free || 0) + (prot || 0));
     const row = document.createElement("div");
     row.className = "neuron-layer";
     row.textContent = "layer " + layer + ": " + (free ?? "?") + " free, " + (prot ?? "?") + " protected of " + total + " ";
