@@ -155,14 +155,9 @@ def forget(learner: Any, *, ids: Sequence[int] | None = None, session_id: str | 
             return _finish(report, learner, t0)
         targets, journal = set(found), learner.journal
         first = journal.first_using(targets) if journal is not None else None
-        # the journal knows every step it ever recorded: no step used them -> never learned. Without
-        # one, the log's learned marks (set only after a committed step) say; without a log, assume so
-        if journal is not None:
-            report.learned = first is not None
-        elif learner.log is not None:
-            report.learned = any(r["learned_at"] is not None for r in learner.log.get_many(found))
-        else:
-            report.learned = True
+        # the journal knows every step it ever recorded: no step used them -> never learned.
+        # Without one nothing proves that (steps may have been taken outside the log): assume so
+        report.learned = first is not None or journal is None
         exact_possible = journal is not None and (first is None or journal.covers(first))
         if mode == "auto":
             mode = "exact" if exact_possible else "approximate"
@@ -189,6 +184,8 @@ def forget(learner: Any, *, ids: Sequence[int] | None = None, session_id: str | 
                 retain_weight=retain_weight)
             if report.unlearn_steps:
                 learner.adopt(aside)
+            elif not any(e.get("response") for e in examples):
+                report.note = "the records have no text to unlearn; they were deleted from the log"
             if journal is not None:  # earlier steps can no longer be undone exactly
                 journal.seal()
             report.deleted = _delete_rows(learner, found)

@@ -37,8 +37,10 @@ from __future__ import annotations
 import math
 import numbers
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 APPLICATION_ID = 0x53594E43  # "SYNC"
 SCHEMA_VERSION = 3
@@ -362,3 +364,32 @@ def validate_append(
     if problems:
         raise LogInputError("; ".join(problems))
     return row
+
+
+# -- SQL helpers shared by the log's modules ------------------------------------------------------
+ROW_KEYS = (
+    "id", "session_id", "turn", "prompt", "response", "created_at", "tokens", "loss",
+    "loss_at", "feedback_score", "feedback_correction", "feedback_at", "learned_at",
+    "replay_count", "strength", "last_rehearsed_at",
+)  # fmt: skip
+COLUMNS = ", ".join(ROW_KEYS)  # the SELECT list of a row
+
+
+def fts_phrase(text: str) -> str:
+    """An FTS5 query matching ``text`` as one phrase (its words, consecutively)."""
+    return '"' + text.replace('"', '""') + '"'
+
+
+def next_seq(conn: sqlite3.Connection) -> int:
+    """Bumps the change counter inside the caller's transaction; returns the new value."""
+    return conn.execute("UPDATE change_counter SET seq = seq + 1 RETURNING seq").fetchone()[0]
+
+
+def as_id_list(ids: Iterable[Any], name: str = "ids") -> list[int]:
+    """``ids`` as a list of ints; LogInputError for anything but a 1-D sequence of ints."""
+    arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+    if arr.size == 0:
+        return []
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise LogInputError(f"{name} must be a 1-D sequence of ints, got {arr.dtype} values of shape {arr.shape}")
+    return [int(i) for i in arr]
