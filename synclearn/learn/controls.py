@@ -3,7 +3,7 @@
 Per plastic layer: which neurons are protected (never selected by a sparse step), per-neuron
 learning-rate factors (damping), per-neuron background statistics (handed to the selector);
 and for every step: observers called after each committed step, regularizers added to the
-loss. :class:`~synclearn.learn.learner.Learner` inherits these methods; the values live in
+loss; and the checkpoint writer an exact forget calls at its commit point (``set_persist``). :class:`~synclearn.learn.learner.Learner` inherits these methods; the values live in
 its :class:`~synclearn.learn.updates.NeuronControls`, which the update rule reads.
 """
 
@@ -84,3 +84,10 @@ class LearnerControls:
     def remove_regularizer(self, fn: Any) -> None:
         self._regularizers.remove(fn)
 
+    def set_persist(self, fn: Any) -> None:
+        """``fn()`` writes a checkpoint of this learner; an exact forget calls it at its commit point."""
+        self._persist = fn
+
+    @property
+    def persist(self) -> Any:
+        return self._persist

@@ -215,14 +215,6 @@ class Learner(LearnerControls, AsideWork):
         """The :class:`~synclearn.memory.journal.StepJournal`, or None."""
         return self._journal
 
-    @property
-    def persist(self) -> Any:
-        return self._persist
-
-    def set_persist(self, fn: Any) -> None:
-        """``fn()`` writes a checkpoint of this learner; an exact forget calls it at its commit point."""
-        self._persist = fn
-
     # -- serving and learning together ---------------------------------------------------------
     def attach(self, session: Any, **options: Any) -> "LearnerHandle":
         """Start learning in the background from ``session``'s log while it keeps serving.
