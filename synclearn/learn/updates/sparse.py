@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from synclearn.learn.optim import RowSparseAdamW, RowSparseSGD
 from synclearn.learn.select import SELECTORS
-from synclearn.learn.sparse import gather_slice, plastic_forward, write_back
+from synclearn.learn.sparse import TracedBatch, gather_slice, plastic_forward, resumed_forward, trace_pass, write_back
 from synclearn.learn.updates.base import Forward, NeuronControls, Plan, UpdateConfig, UpdateRule
 from synclearn.model.neurons import NeuronTrace, neuron_context
 
@@ -60,13 +60,13 @@ class SparseRowUpdate(UpdateRule):
         self.optimizer.lr = value
 
     # -- the step ----------------------------------------------------------------------------------
-    def _select(self, batch: Any, step_index: int) -> dict[int, Tensor] | str:
-        """Neurons to update per plastic layer, or the reason the batch cannot be learned."""
+    def _select(self, batch: Any, step_index: int) -> tuple[dict[int, Tensor], TracedBatch] | str:
+        """Neurons to update per plastic layer (and what the selection pass leaves for the step's
+        forward), or the reason the batch cannot be learned."""
         selector = self.config.selector
         fn, source = (selector, "mass") if callable(selector) else SELECTORS[selector]
         trace = NeuronTrace(mask=batch.mask, predicted=source == "predicted_mass")
-        with torch.no_grad(), neuron_context(trace=trace):
-            self.model(batch.inputs)
+        traced = trace_pass(self.model, batch.inputs, trace, list(self.config.plastic_layers))
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step_index)
         chosen = {}
         for layer in self.config.plastic_layers:
@@ -78,20 +78,21 @@ class SparseRowUpdate(UpdateRule):
             chosen[layer] = fn(scores, self.budget[layer], locked=self.controls.protected.get(layer),
                                exploration=self.config.exploration, generator=gen,
                                background=self.controls.background.get(layer))
-        return chosen
+        return chosen, traced
 
     def forward(self, batch: Any, step_index: int) -> Forward | str:
         layouts = self.model.neuron_layouts()
         selected = self._select(batch, step_index)
         if isinstance(selected, str):
             return selected
+        selected, traced = selected
         chosen = {layer: idx for layer, idx in selected.items() if len(idx)}
         if not chosen:
             return "no neuron of a plastic layer fired for this batch"
         slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items()}
         overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
-        with neuron_context(overrides=overrides):
-            loss, per_example = batch.loss(self.model(batch.inputs))
+        with neuron_context(overrides=overrides):  # frozen layers below the lowest plastic one: from the trace pass
+            loss, per_example = batch.loss(resumed_forward(self.model, batch.inputs, traced))
         leaves = [leaf for sl in slices.values() for leaf in sl.leaves]
         return Forward(loss, per_example, leaves, slices)
 
