@@ -202,7 +202,8 @@ class Runtime:
                 learn = Learner(net, log, **options)
             else:
                 net, learn, manifest = store.restore(lambda m: Learner(m, log, **options), device=device)
-                log.unlearn_since(manifest["saved_at"])
+                seq = (manifest.get("log") or {}).get("seq")  # rows learned after the snapshot: new again
+                log.unlearn_after(seq) if seq is not None else log.unlearn_since(manifest["saved_at"])
                 logger.info("restored checkpoint #%s of %s (weight version %s) from %s", manifest["seq"], base,
                             manifest["weight_version"], store.root)
             rt = cls(net, log, learn, base=base, seed=seed, checkpoints=store, checkpoint_every_s=checkpoint_every_s)
