@@ -281,22 +281,16 @@ def run_split_digits(
     if bad:
         raise ValueError(f"invalid split-digits settings: {', '.join(bad)} (expected positive integers, "
                          "buffer_size >= 0)")
-    from synclearn.learn import Learner
     from synclearn.learn.batch import LabelBatch
-    from synclearn.memory.consolidate import Consolidation
     from synclearn.model.classifier import SelectableClassifier
 
     data = load_split_digits(seed)
     model = SelectableClassifier(d_in=64, d_model=d_model, d_ff=d_ff, n_layers=n_layers, n_classes=10, seed=seed)
     if learner_kw.get("lr") is None:
         learner_kw["lr"] = default_lr(DEFAULT_LR[setting], method)
-    learner = Learner(model, update=spec.update, neuron_fraction=neuron_fraction, seed=seed, **learner_kw)
-    if not spec.consolidate:
-        consolidation = None
-    elif consolidation is not None:
-        consolidation = consolidation(learner)
-    else:
-        consolidation = Consolidation(learner, "lock" if spec.update == "sparse" else "ewc", fraction=lock_fraction)
+    learner, consolidation = method_learner(model, spec, neuron_fraction=neuron_fraction, seed=seed,
+                                            learner_kw=learner_kw, consolidation=consolidation,
+                                            lock_fraction=lock_fraction)
     rng = np.random.default_rng(seed)
     pool = Reservoir(buffer_size) if spec.replay and buffer_size > 0 else None  # the stream's replay memory
 
@@ -347,6 +341,22 @@ def run_split_digits(
     if out_dir is not None:
         _write_outputs(result, Path(out_dir), f"split_digits_{method.replace('+', '-')}_{setting}_s{seed}")
     return result
+
+
+def method_learner(model: torch.nn.Module, spec: MethodSpec, *, neuron_fraction: float, seed: int,
+                   learner_kw: dict[str, Any], consolidation: Any, lock_fraction: float) -> tuple[Any, Any]:
+    """The learner of a method and its consolidation (None unless the method consolidates):
+    ``consolidation`` is a callable ``learner -> Consolidation`` (the memory group's), else the
+    method's own: "lock" at ``lock_fraction`` for sparse learners, "ewc" for LoRA/full."""
+    from synclearn.learn import Learner
+    from synclearn.memory.consolidate import Consolidation
+
+    learner = Learner(model, update=spec.update, neuron_fraction=neuron_fraction, seed=seed, **learner_kw)
+    if not spec.consolidate:
+        return learner, None
+    if consolidation is not None:
+        return learner, consolidation(learner)
+    return learner, Consolidation(learner, "lock" if spec.update == "sparse" else "ewc", fraction=lock_fraction)
 
 
 def observe_fisher(consolidation: Any, batch: Any) -> None:

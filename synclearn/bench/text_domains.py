@@ -59,6 +59,7 @@ from synclearn.bench.split_digits import (
     SCALARS,
     default_lr,
     hydra_method,
+    method_learner,
     method_spec,
     pinned_consolidation,
     replay_rows,
@@ -282,8 +283,6 @@ def run_text_domains(
     if bad:
         raise ValueError(f"invalid text-domains settings: {', '.join(bad)} (expected positive integers; "
                          "buffer_size and warmup_steps may be 0)")
-    from synclearn.learn import Learner
-    from synclearn.memory.consolidate import Consolidation
     from synclearn.model import MCSDConfig, build_model, load_model
 
     data = load_domains(domains, seed=seed, segment_bytes=segment_bytes)
@@ -299,13 +298,9 @@ def run_text_domains(
     warm_before = evaluate_domains(model, warm_tests) if warm else None
     if learner_kw.get("lr") is None:
         learner_kw["lr"] = default_lr(DEFAULT_LR, method)
-    learner = Learner(model, update=spec.update, neuron_fraction=neuron_fraction, seed=seed, **learner_kw)
-    if not spec.consolidate:
-        consolidation = None
-    elif consolidation is not None:
-        consolidation = consolidation(learner)
-    else:
-        consolidation = Consolidation(learner, "lock" if spec.update == "sparse" else "ewc", fraction=lock_fraction)
+    learner, consolidation = method_learner(model, spec, neuron_fraction=neuron_fraction, seed=seed,
+                                            learner_kw=learner_kw, consolidation=consolidation,
+                                            lock_fraction=lock_fraction)
     rng = np.random.default_rng(seed)
     buffer = Reservoir(buffer_size) if spec.replay and buffer_size > 0 else None  # indices into pool
     pool: list[str] = []  # every training segment seen so far

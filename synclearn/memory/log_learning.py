@@ -62,23 +62,21 @@ class LogLearning:
         """Mark rows first learned after change ``seq`` (:meth:`change_seq`) as not learned (e.g.
         the weights were restored from a checkpoint taken at ``seq``, so the learner must take
         them as new); returns how many. Unlike wall-clock times the counter never goes back."""
-        return self._write(
-            lambda conn: conn.execute(
-                "UPDATE interactions SET learned_at = NULL, last_rehearsed_at = NULL, learned_seq = NULL, "
-                "changed_seq = ?1 WHERE learned_seq > ?2",
-                (next_seq(conn), int(seq)),
-            ).rowcount
-        )
+        return self._unlearn_where("learned_seq > ?", int(seq))
 
     def unlearn_since(self, t: float) -> int:
         """Mark rows learned after time ``t`` as not learned; returns how many. Prefer
         :meth:`unlearn_after` (wall clocks can jump); this is for checkpoints that recorded no
         change counter."""
+        return self._unlearn_where("learned_at > ?", float(t))
+
+    def _unlearn_where(self, condition: str, value: float) -> int:
+        """Mark the rows matching ``condition`` (one ``?`` placeholder) as not learned."""
         return self._write(
             lambda conn: conn.execute(
                 "UPDATE interactions SET learned_at = NULL, last_rehearsed_at = NULL, learned_seq = NULL, "
-                "changed_seq = ? WHERE learned_at > ?",
-                (next_seq(conn), float(t)),
+                f"changed_seq = ? WHERE {condition}",
+                (next_seq(conn), value),
             ).rowcount
         )
 
