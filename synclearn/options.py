@@ -149,7 +149,7 @@ class LearnerOptions(Options):
     lora_rank: int = option(8, "lora: adapter rank", ge=1)
     lora_alpha: float = option(16.0, "lora: adapter scale numerator", gt=0)
     lora_targets: list[str] | None = option(None, "lora: module names to adapt (null: the model's defaults)")
-    max_seq_len: int = option(256, "longest training sequence in tokens (longer examples keep their end)", ge=2)
+    max_seq_len: int = option(512, "longest training sequence in tokens (longer examples keep their end)", ge=2)
     seed: int = option(0, "seeds neuron selection (per committed step), so runs repeat bitwise")
 
     def __post_init__(self) -> None:

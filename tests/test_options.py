@@ -65,6 +65,10 @@ def test_learner_options_are_learner_keywords():
 
     params = inspect.signature(Learner).parameters
     assert set(LearnerOptions.field_names()) <= set(params)
+    defaults = dataclasses.asdict(LearnerOptions())
+    differ = {name: (defaults[name], params[name].default) for name in LearnerOptions.field_names()
+              if params[name].default != defaults[name] and params[name].default is not inspect.Parameter.empty}
+    assert not differ, f"Learner and LearnerOptions defaults disagree (options, Learner): {differ}"
 
 
 def test_pydantic_model_has_the_same_fields_bounds_and_defaults():
