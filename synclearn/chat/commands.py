@@ -170,7 +170,8 @@ def serve_main(argv: list[str]) -> int:
         ap.add_argument("--" + field.replace("_", "-"), type=int, default=argparse.SUPPRESS, help=help_)
     args = ap.parse_args(argv)
     from synclearn.chat.compose import describe_checkpoint, describe_learner, short_name
-    from synclearn.chat.server import ServerLimits, create_app, serve
+    from synclearn.chat.asgi import serve
+    from synclearn.chat.server import ServerLimits, create_app
 
     cfg = compose_app(overrides_from(args))
     server = cfg.server

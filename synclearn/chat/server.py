@@ -50,11 +50,10 @@ import asyncio
 import hmac
 import ipaddress
 import json
-import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -80,135 +79,12 @@ from synclearn.chat.openai_api import (
     split_messages,
     validation_error,
 )
+from synclearn.chat.asgi import BearerAuth, BodyLimit, RunningServer, bind, serve  # noqa: F401 (re-exported)
 from synclearn.chat.runtime import Conflict, NotFound, Runtime
+from synclearn.chat.sessions import SessionTable
 from synclearn.memory import LogError, LogInputError, LogNotFoundError
 
 WEB = Path(__file__).with_name("web")
-OPEN_PATHS = ("/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect")  # never need the key
-
-
-# ---------------------------------------------------------------------------------------- sessions
-class _Entry:
-    def __init__(self, chat: Any) -> None:
-        self.chat, self.system = chat, None
-        self.lock = threading.Lock()  # one turn (or forget) of this session at a time
-        self.users = 0  # requests holding the entry (between get and release): never evicted
-
-
-class SessionTable:
-    """Conversation id -> ChatSession, least recently used evicted past ``capacity``.
-
-    ``get`` pins the entry until ``release``: an entry in use is never evicted, so two
-    requests of one session always share one ChatSession (and its lock).
-    """
-
-    def __init__(self, runtime: Runtime, capacity: int) -> None:
-        self.runtime, self.capacity = runtime, capacity
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, session_id: str) -> _Entry:
-        """The session's entry, pinned (call :meth:`release` when done)."""
-        with self._lock:
-            entry = self._entries.get(session_id)
-            if entry is None:
-                entry = self._entries[session_id] = _Entry(self.runtime.new_session(session_id))
-            entry.users += 1
-            self._entries.move_to_end(session_id)
-            self._evict()
-            return entry
-
-    def release(self, entry: _Entry) -> None:
-        with self._lock:
-            entry.users -= 1
-            self._evict()
-
-    def _evict(self) -> None:
-        for sid in list(self._entries):  # oldest first; never one in use
-            if len(self._entries) <= self.capacity:
-                break
-            if self._entries[sid].users == 0:
-                del self._entries[sid]
-
-    def drop(self, session_id: str) -> None:
-        with self._lock:
-            self._entries.pop(session_id, None)
-
-    def clear(self) -> None:
-        """Forget every session's state (after an operator forget: they may hold what was said)."""
-        with self._lock:
-            self._entries.clear()
-
-    def prepare(self, entry: _Entry, system: str | None, history: list[dict[str, str]]) -> Any:
-        """The entry's ChatSession, positioned right after ``history`` (call with entry.lock held)."""
-        chat = entry.chat
-        if entry.system == system and chat.history == history:
-            return chat
-        rt = self.runtime
-        chat = entry.chat = rt.new_session(chat.session_id, system=system)
-        entry.system = system
-        if history:  # prefill the conversation so far (not logged again)
-            chat.load_history(history, system=system)
-        return chat
-
-
-# ---------------------------------------------------------------------------------------- middleware
-def _bearer(scope: dict) -> bytes | None:
-    return next((v for k, v in scope["headers"] if k == b"authorization"), None)
-
-
-class _BearerAuth:
-    """Pure ASGI middleware: every route but :data:`OPEN_PATHS` and the page's files needs
-    ``Authorization: Bearer <key>`` (one of ``keys``)."""
-
-    def __init__(self, app: Any, keys: list[str]) -> None:
-        self.app, self.keys = app, [k.encode() for k in keys]
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not scope["path"].startswith("/web/"):
-            given = _bearer(scope)
-            if given is None or not given.startswith(b"Bearer ") or \
-                    not any(hmac.compare_digest(given[7:], k) for k in self.keys):
-                code = "missing_api_key" if given is None else "invalid_api_key"
-                err = APIError(401, "a valid API key is required: Authorization: Bearer <key>",
-                               type="authentication_error", code=code)
-                await err.response({"WWW-Authenticate": "Bearer"})(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class _BodyLimit:
-    """Pure ASGI middleware: a request body over ``limit`` bytes gets 413 before any route reads it."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_large = APIError(413, f"request body over the limit of {self.limit} bytes", code="body_too_large")
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await too_large.response()(scope, receive, send)
-        messages, size = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > self.limit:
-                return await too_large.response()(scope, receive, send)
-            if not message.get("more_body"):
-                break
-
-        async def replay() -> dict:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
 
 
 def _session_id(header: str | None, *, required: bool, user: str | None = None) -> str:
@@ -272,10 +148,10 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
     app = FastAPI(title="synclearn", version="1", lifespan=lifespan, redoc_url=None, description=(
         "An OpenAI-compatible server whose model learns from its own use. `GET /` is a page to chat with it and "
         "watch the learner."))
-    app.add_middleware(_BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     keys = [k for k in (api_key, admin_key) if k]
     if keys:
-        app.add_middleware(_BearerAuth, keys=keys)
+        app.add_middleware(BearerAuth, keys=keys)
     app.state.runtime, app.state.sessions, app.state.limits = runtime, sessions, limits
     app.mount("/web", StaticFiles(directory=WEB), name="web")
 
@@ -569,69 +445,3 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
         return {"session_id": sid, **report}
 
     return app
-
-
-# ---------------------------------------------------------------------------------------- running
-def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening socket (port 0: a free one)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _config(app: FastAPI) -> Any:
-    import uvicorn
-
-    return uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10, lifespan="on")
-
-
-def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve ``app`` in this thread until SIGINT/SIGTERM (then the app's shutdown runs)."""
-    import uvicorn
-
-    sock = bind(host, port)
-    url = f"http://{host}:{sock.getsockname()[1]}"
-    server = uvicorn.Server(_config(app))
-    if on_ready is not None:
-        on_ready(url)
-    server.run(sockets=[sock])
-
-
-class RunningServer:
-    """``app`` served by uvicorn on a background thread (for embedding and tests).
-
-    Attributes:
-        url: ``http://host:port``.
-    """
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, timeout: float = 30.0) -> None:
-        import uvicorn
-
-        self._sock = bind(host, port)
-        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        self.server = uvicorn.Server(_config(app))
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
-                                        name="synclearn-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server at {self.url} did not start within {timeout}s")
-            time.sleep(0.02)
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Graceful shutdown (runs the app's shutdown); waits up to ``timeout``."""
-        self.server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError(f"the server at {self.url} did not stop within {timeout}s")
-        self._sock.close()
-
-    def __enter__(self) -> "RunningServer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -366,7 +366,7 @@ def test_the_openai_user_field_names_the_session(server, runtime):
 
 
 def test_a_session_in_use_is_never_evicted(runtime):
-    from synclearn.chat.server import SessionTable
+    from synclearn.chat.sessions import SessionTable
 
     table = SessionTable(runtime, capacity=1)
     first = table.get("a")  # a request holds "a" (about to take its lock) ...
