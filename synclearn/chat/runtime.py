@@ -40,10 +40,6 @@ from synclearn.options import AttachOptions, LearnerOptions
 
 logger = logging.getLogger(__name__)
 
-# the attach options the HTTP attach body offered before it was derived from AttachOptions;
-# Runtime.attach takes every AttachOptions field
-ATTACH_OPTIONS = ("batch_size", "replay_ratio", "idle_replay", "max_steps", "max_defer_s", "poll_s", "learn_threads",
-                  "idle_only", "on_error", "seed")
 FORGET_MODES = ("exact", "approximate", "auto")
 
 
