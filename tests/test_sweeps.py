@@ -97,7 +97,7 @@ def test_optuna_searches_the_learner_settings_on_the_returned_objective(tmp_path
     assert result["best_value"] == pytest.approx(best_acc)
     assert {k: pytest.approx(float(v)) for k, v in best.items() if k in result["best_params"]} == result["best_params"]
     assert set(result["best_params"]) == {"learner.lr", "learner.neuron_fraction", "memory.replay_ratio",
-                                          "memory.protection.budget"}
+                                          "memory.consolidation.fraction"}
 
 
 def test_ray_configs_compose_where_the_plugin_is_installed():
