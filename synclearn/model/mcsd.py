@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from synclearn.model.config import MCSDConfig
-from synclearn.model.neurons import NeuronLayout, NeuronTrace, SelectableMLP, SparseSpec
+from synclearn.model.decode_step import DecodeKernel, LayerWeights
+from synclearn.model.neurons import NeuronLayout, NeuronTrace, SelectableMLP, SparseSpec, current_neuron_context
 from synclearn.model.scan import chunk_decay_scan, recurrent_decay_step
 from synclearn.model.tokenizer import ByteTokenizer
 
@@ -185,6 +186,10 @@ class MCSDMixer(nn.Module):
         torch.mul(self._norm_e(decay_state).view(B, D), torch.sigmoid(f), out=mix[:, D:])
         return self.out_proj(mix), s_dst, d_dst
 
+    def step_factors(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(e^{-b}, a) as [C, 1] in ``dtype``: what one recurrent step multiplies the sums by."""
+        return self._constants(device, dtype)[2][:, None], self._decay_factors(device, dtype)[0]
+
     def _decay_factors(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         """a_i as [1, C, 1] in ``dtype`` (cached with the other constants)."""
         key = ("a", device, dtype)
@@ -207,6 +212,18 @@ class MCSDBlock(nn.Module):
         h, s, d = self.mixer(self.norm_mix(x), slope_state, decay_state, pos)
         x = x + h
         return x + self.mlp(self.norm_mlp(x), sparse=sparse, trace=trace), s, d
+
+    def decode_weights(self) -> LayerWeights | None:
+        """The layer's tensors for :func:`~synclearn.model.decode_step.layer_step`, or None when
+        a module was replaced (e.g. a LoRA adapter) and only the module path computes it."""
+        mods = (self.mixer.in_proj, self.mixer.out_proj, self.mlp.up, self.mlp.down)
+        if any(type(m) is not nn.Linear for m in mods) or type(self.norm_mix) is not nn.RMSNorm:
+            return None
+        pred = self.mlp.predictor
+        up, down_rows = self.mlp.neuron_rows()
+        return LayerWeights(self.norm_mix.weight, self.mixer.in_proj.weight, self.mixer.e_norm_weight,
+                            self.mixer.out_proj.weight.t(), self.norm_mlp.weight, up, down_rows,
+                            *((pred.proj.weight, pred.score.weight, pred.score.bias) if pred is not None else (None,) * 3))
 
     def step(self, x, slope_state, decay_state, pos, *, sparse=None, inv_z=None, out=None):
         h, s, d = self.mixer.step(self.norm_mix(x), slope_state, decay_state, pos, inv_z=inv_z, out=out)
@@ -236,6 +253,7 @@ class MCSDLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.decode_kernel = DecodeKernel()  # layer_step, eager unless compile_decode() is called
         self.reset_parameters()
 
     @torch.no_grad()
@@ -378,12 +396,40 @@ class MCSDLM(nn.Module):
         else:
             new_slope, new_decay = torch.empty_like(state.slope), torch.empty_like(state.decay)
             mix = torch.empty(x.shape[0], 2 * self.config.d_model, device=x.device, dtype=x.dtype)
-            for i, block in enumerate(self.blocks):
-                x, _, _ = block.step(x, state.slope[i], state.decay[i], state.pos, sparse=sparse, inv_z=inv_z,
-                                     out=(new_slope[i], new_decay[i], mix))
+            fused = self._fused_decode(x, state, sparse)
+            if fused is not None:  # one kernel sequence per layer, the same math as block.step
+                x = self.decode_kernel(x, state.slope, state.decay, inv_z, *fused, (new_slope, new_decay, mix))
+            else:
+                for i, block in enumerate(self.blocks):
+                    x, _, _ = block.step(x, state.slope[i], state.decay[i], state.pos, sparse=sparse, inv_z=inv_z,
+                                         out=(new_slope[i], new_decay[i], mix))
         logits = self.lm_head(self.norm(x))
         new_z = self.blocks[0].mixer.next_normalizer(z)
         return logits, MCSDState(new_slope, new_decay, state.pos + 1, new_z)
+
+    def _fused_decode(self, x: Tensor, state: MCSDState, sparse: SparseSpec | None):
+        """(per-layer weights, (e^{-b}, a, eps, k)) for :func:`~synclearn.model.decode_step.layers_step`,
+        or None when this step must take the module path: a neuron context (trace, overrides,
+        pause hook) is in force, a module was replaced (LoRA), the precision is below fp32, or
+        the sparse case has no fused form (batch > 1, ``mode="topk"``, no predictor)."""
+        if current_neuron_context() is not None or x.dtype not in (torch.float32, torch.float64):
+            return None
+        if state.slope.dtype != x.dtype:
+            return None
+        d_ff = self.config.d_ff
+        k = d_ff if sparse is None else min(sparse.k, d_ff)
+        if k < d_ff and (x.shape[0] != 1 or sparse.mode != "predictor" or self.config.predictor_rank == 0):
+            return None
+        mixer = self.blocks[0].mixer
+        consts = (*mixer.step_factors(x.device, x.dtype), self.config.norm_eps, k)
+        weights = [b.decode_weights() for b in self.blocks]
+        return None if any(w is None for w in weights) else (weights, consts)
+
+    def compile_decode(self, enabled: bool = True) -> None:
+        """Run the inference decode step's layers through ``torch.compile`` (CPU needs a C++
+        compiler; without one the first step warns and stays eager). Same results up to float
+        rounding; the first steps of each new shape pay the compilation."""
+        self.decode_kernel.compile(enabled)
 
     def generate(self, prompt: str | list[int], **kwargs: Any):
         """Generate a continuation; see :func:`synclearn.model.generate.generate` for options."""
