@@ -1,8 +1,9 @@
 """Examples -> a padded training batch with a loss mask over the response tokens.
 
 An example is ``{"prompt": str, "response": str}`` (optionally ``"id"``: the interaction id,
-and ``"weight"``: a finite number >= 0 scaling its loss) or a plain ``str`` (every token
-after the first is a target). Prompts are wrapped in the chat template, so what the model
+and ``"weight"``: a finite number >= 0 scaling its loss), a plain ``str`` (every token
+after the first is a target), or an anchor ``{"anchor": k}`` (:mod:`synclearn.learn.anchors`:
+no target of its own; the loss adds the KL from the predictions recorded for it). Prompts are wrapped in the chat template, so what the model
 learns is what it will be asked in chat. Too-long examples keep their last ``max_seq_len``
 tokens (the response end is what matters).
 """
@@ -43,6 +44,7 @@ class Batch:
     mask: Tensor
     weights: Tensor
     ids: list[int | None]
+    anchors: Any = None  # AnchorRows of the anchor examples, or None
 
     @property
     def tokens(self) -> int:
@@ -120,11 +122,29 @@ def encode_example(tokenizer: Any, example: Any, index: int) -> tuple[list[int],
     return ids, flags, float(weight), rid
 
 
-def build_batch(tokenizer: Any, examples: Sequence[Any], *, max_seq_len: int, pad_id: int, device: torch.device) -> Batch:
-    """Validate every example first (one bad example rejects the batch), then pad on the right."""
+def _encode_anchor(anchors: Any, example: dict, index: int, max_seq_len: int) -> tuple[list[int], list[float], float, None]:
+    if anchors is None:
+        raise LearnerInputError(f"example {index}: an anchor example needs a learner with anchors (set_anchors)")
+    if set(example) != {"anchor"}:
+        raise LearnerInputError(f"example {index}: an anchor example is exactly {{'anchor': k}}, got keys {sorted(example)}")
+    try:
+        ids, counted, _, _ = anchors.encode(example["anchor"], max_seq_len)
+    except IndexError as err:
+        raise LearnerInputError(f"example {index}: {err}") from None
+    return ids, [0.0] * len(counted), 1.0, None
+
+
+def build_batch(tokenizer: Any, examples: Sequence[Any], *, max_seq_len: int, pad_id: int, device: torch.device,
+                anchors: Any = None) -> Batch:
+    """Validate every example first (one bad example rejects the batch), then pad on the right.
+    ``anchors``: the :class:`~synclearn.learn.anchors.AnchorSet` that ``{"anchor": k}`` examples index."""
     if isinstance(examples, (str, dict)) or not isinstance(examples, Sequence) or not examples:
         raise LearnerInputError("examples must be a non-empty list of examples")
-    encoded = [encode_example(tokenizer, ex, i) for i, ex in enumerate(examples)]
+    anchored = [i for i, ex in enumerate(examples) if isinstance(ex, dict) and "anchor" in ex]
+    encoded = [_encode_anchor(anchors, ex, i, max_seq_len) if i in anchored else encode_example(tokenizer, ex, i)
+               for i, ex in enumerate(examples)]
+    if len(anchored) == len(examples):
+        raise LearnerInputError("the batch holds only anchor examples; there is nothing to learn")
     rows = []
     for ids, flags, _, _ in encoded:
         if len(ids) > max_seq_len + 1:
@@ -143,11 +163,16 @@ def build_batch(tokenizer: Any, examples: Sequence[Any], *, max_seq_len: int, pa
         targets[b, :n] = torch.tensor(ids[1:])
         mask[b, :n] = torch.tensor(flags)
     weights = torch.tensor([w for _, _, w, _ in encoded])
-    return Batch(inputs.to(device), targets.to(device), mask.to(device), weights.to(device), [e[3] for e in encoded])
+    anchor_rows = None
+    if anchored:
+        anchor_rows = anchors.rows(anchored, [examples[i]["anchor"] for i in anchored], T, max_seq_len, device)
+    return Batch(inputs.to(device), targets.to(device), mask.to(device), weights.to(device), [e[3] for e in encoded],
+                 anchor_rows)
 
 
 def masked_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Weighted mean cross-entropy over the masked targets, and each example's own mean.
+    """Weighted mean cross-entropy over the masked targets (plus the anchors' weighted KL term,
+    :class:`~synclearn.learn.anchors.AnchorRows`), and each example's own mean cross-entropy.
 
     Args:
         logits: [B, T, V].
@@ -161,4 +186,8 @@ def masked_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     if denom <= 0:
         raise LearnerInputError("the batch has no weighted response tokens (all weights are 0)")
     per_example = (ce.detach() * batch.mask).sum(1) / batch.mask.sum(1).clamp(min=1)
-    return (ce * per_token).sum() / denom, per_example
+    loss = (ce * per_token).sum() / denom
+    anchors = getattr(batch, "anchors", None)
+    if anchors is not None and anchors.weight > 0:
+        loss = loss + anchors.weight * anchors.kl(logits)
+    return loss, per_example

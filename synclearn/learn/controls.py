@@ -84,6 +84,12 @@ class LearnerControls:
     def remove_regularizer(self, fn: Any) -> None:
         self._regularizers.remove(fn)
 
+    def set_anchors(self, anchors: Any) -> None:
+        """The :class:`~synclearn.learn.anchors.AnchorSet` that ``{"anchor": k}`` examples index
+        (None: none). An attached learner adds ``anchors.draw(step)`` to every batch."""
+        with self._lock:
+            self.anchors = anchors
+
     def set_persist(self, fn: Any) -> None:
         """``fn()`` writes a checkpoint of this learner; an exact forget calls it at its commit point."""
         self._persist = fn

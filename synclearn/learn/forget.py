@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from synclearn.durable import atomic_write_text, remove_durably
+from synclearn.learn.anchors import is_anchor
 from synclearn.learn.unlearn import mean_nll, retained_examples, shuffled_controls, unlearn
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def _exact(learner: Any, targets: set[int], first: int, report: ForgetReport) ->
     aside.roll_back(records)
     for rec in records:
         kept = [e for e in rec.examples if not (isinstance(e, dict) and e.get("id") in targets)]
-        if kept:
+        if any(not is_anchor(e) for e in kept):  # anchors alone teach nothing: the step goes
             report.steps_rerun += 0 if aside.step(kept).skipped else 1
     report.steps_rolled_back = len(records)
     atomic_write_text(journal.path / INTENT, json.dumps(  # 2. intent

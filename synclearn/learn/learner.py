@@ -173,6 +173,7 @@ class Learner(LearnerControls, AsideWork):
         self._observers: list[Any] = []  # fn(result, grads) after every committed step
         self._regularizers: list[Any] = []  # fn() -> scalar added to the loss (EWC/MAS for LoRA/full)
         self._persist: Any = None  # fn() writing a checkpoint; forget() calls it at its commit point
+        self.anchors: Any = None  # AnchorSet that {"anchor": k} examples index (set_anchors)
         self._handle: Any = None
         self._builder: Any = None
         if journal is not None and not hasattr(journal, "record"):
@@ -293,7 +294,7 @@ class Learner(LearnerControls, AsideWork):
     def step(self, examples: Sequence[Any]) -> StepResult:
         """Learn from ``examples`` (see :mod:`synclearn.learn.batch` for their form)."""
         batch = build_batch(self.model.tokenizer, examples, max_seq_len=self.max_seq_len,
-                            pad_id=self.pad_id, device=self.model.device)
+                            pad_id=self.pad_id, device=self.model.device, anchors=self.anchors)
         return self.step_batch(batch, list(examples))
 
     def step_batch(self, batch: Any, examples: Any = None, *, record: bool = True) -> StepResult:

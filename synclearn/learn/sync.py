@@ -251,8 +251,13 @@ class LearnerHandle:
         if not learnable:  # nothing was learned: no row is marked learned
             self.builder.reject(batch, "no learnable reply in the batch")
             return "idle"
+        anchors = self.learner.anchors
+        extra = []
+        if anchors is not None and anchors.per_step:  # the base's predictions, most of all on inputs like these
+            tok = self.learner.model.tokenizer
+            extra = anchors.draw(self.builder.step, near=[tok.encode(ex["prompt"]) for ex in learnable])
         try:
-            result = self.learner.step(learnable)
+            result = self.learner.step(learnable + extra)
         except Exception as err:
             # not learned; after a few failures the builder sets the rows aside (never retried forever)
             self.builder.reject(batch, f"{type(err).__name__}: {err}")
@@ -263,8 +268,8 @@ class LearnerHandle:
             self._update(skipped=1, error=f"step skipped: {result.reason}", learning_s=time.perf_counter() - t1)
             return "skipped"
         losses = None
-        if len(learnable) == len(batch) and len(result.example_losses) == len(batch):
-            losses = result.example_losses
+        if len(learnable) == len(batch) and len(result.example_losses) == len(batch) + len(extra):
+            losses = result.example_losses[: len(batch)]  # the anchors come last
         self.builder.commit(batch, losses, now=now)
         if self.consolidation is not None:
             self.consolidation.observe(learnable)

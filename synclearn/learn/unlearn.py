@@ -93,7 +93,7 @@ def retained_examples(learner: Any, forgotten: set[int], k: int) -> list[dict]:
     if learner.journal is not None:
         for index in reversed(learner.journal.indices):
             for e in learner.journal.load(index).examples:
-                if isinstance(e, dict) and e.get("id") not in forgotten and len(out) < k:
+                if isinstance(e, dict) and "prompt" in e and e.get("id") not in forgotten and len(out) < k:
                     out.append(e)
             if len(out) >= k:
                 break

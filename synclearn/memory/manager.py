@@ -20,6 +20,10 @@ The learner, the chat front end and the server talk to it (never to the pieces d
 * **rehearsal and replay**: the batch settings of the attached learner (``attach_options``);
 * **fading** (:class:`~synclearn.memory.decay.Fading`) and **forgetting** (``learner.forget``,
   exact or approximate), after which the forgotten rows' protection records are dropped too;
+* **anchors** (:mod:`synclearn.learn.anchors`): the model's own predictions on pretraining-style
+  turns, recorded when the manager binds (on the base); every attached step adds ``anchors.per_step``
+  of them (most of all those like the batch's prompts) and a KL term toward the recorded
+  predictions, so what a step changes for the taught input it changes less for everything else;
 * dense learners (LoRA/full) have no neurons: ``consolidation`` (EWC) anchors them instead.
 
 It also keeps the interface of :class:`~synclearn.bench.experiment.MemorySetup`
@@ -55,6 +59,9 @@ class MemoryManager:
         background_tokens: tokens of pretraining-style data the statistics are computed on.
         background_horizon: tokens of traffic the statistics average over.
         observe_traffic: update the statistics from rows the learner takes in.
+        anchors: :class:`~synclearn.learn.anchors.AnchorSet` settings (``turns``: how many
+            pretraining-style turns, ``per_step``, ``weight``, ``near_share``, ``top_k``), or None
+            (none). Language models only; a classifier learner gets none.
         consolidation: a callable ``learner -> Consolidation`` (EWC for LoRA/full; for sparse
             learners only used when ``protection`` is None), or None.
         consolidate_every: apply ``consolidation`` every this many steps.
@@ -64,7 +71,8 @@ class MemoryManager:
 
     def __init__(self, *, replay_ratio: float = 0.75, batch_size: int = 8, new_repeats: int = 12,
                  learned_loss: float | None = 0.02, min_gain: float | None = 0.1,
-                 protection: dict[str, Any] | None = None, background: str = "base",
+                 protection: dict[str, Any] | None = None, anchors: dict[str, Any] | None = None,
+                 background: str = "base",
                  background_tokens: int = 65_536, background_horizon: float = 262_144, observe_traffic: bool = True,
                  consolidation: Callable[[Any], Any] | None = None, consolidate_every: int = 20, fading: Any = None,
                  journal: bool = False) -> None:
@@ -82,11 +90,17 @@ class MemoryManager:
                 NeuronProtection({0: 8}, **dict(protection))
             except (TypeError, ValueError) as err:
                 bad.append(f"protection={dict(protection)!r}: {err}")
+        if anchors is not None:
+            from synclearn.learn.anchors import anchor_settings_errors
+
+            anchors = dict(anchors)
+            bad += [f"anchors.{e}" for e in anchor_settings_errors(anchors)]
         if bad:
             raise ValueError("invalid MemoryManager settings: " + "; ".join(bad))
         self.replay_ratio, self.batch_size = float(replay_ratio), batch_size
         self.new_repeats, self.learned_loss, self.min_gain = new_repeats, learned_loss, min_gain
         self.protection_settings = dict(protection) if protection is not None else None
+        self.anchor_settings = anchors
         self.background_source, self.background_tokens = background, background_tokens
         self.background_horizon, self.observe_traffic = background_horizon, observe_traffic
         self.consolidation, self.consolidate_every = consolidation, consolidate_every
@@ -123,6 +137,13 @@ class MemoryManager:
             self.stats = background_for(learner.model, n_tokens=self.background_tokens,
                                         horizon=self.background_horizon)
             self._hand_background()
+        if self.anchor_settings is not None and hasattr(getattr(learner.model, "tokenizer", None), "turn"):
+            from synclearn.learn.anchors import AnchorSet, anchor_turns
+
+            opts = dict(self.anchor_settings)
+            turns = anchor_turns(opts.pop("turns", 128), seed=learner.seed)
+            learner.set_anchors(AnchorSet.build(learner.model, turns, seed=learner.seed,
+                                                max_len=min(128, learner.max_seq_len + 1), **opts))
         learner.add_step_observer(self._observe_step)
         return self
 
@@ -212,6 +233,9 @@ class MemoryManager:
             out["layers"][str(layer)] = {"neurons": d_ff, "protected": n, "free": d_ff - n, "free_share": (d_ff - n) / d_ff}
         out["background"] = None if self.stats is None else {
             "source": self.stats.source, "tokens": self.stats.tokens, "traffic_rows": self.traffic_rows}
+        anchors = self.learner.anchors
+        out["anchors"] = None if anchors is None else {"held": len(anchors), "per_step": anchors.per_step,
+                                                       "weight": anchors.weight}
         if self.protection is not None:
             out["items_protected"] = len(self.protection.items)
             out["lessons_open"] = len(self.protection.lessons)
@@ -221,7 +245,8 @@ class MemoryManager:
     def state_dict(self) -> dict[str, Any]:
         return {"protection": None if self.protection is None else self.protection.state_dict(),
                 "background": None if self.stats is None else self.stats.state_dict(),
-                "traffic_rows": self.traffic_rows}
+                "traffic_rows": self.traffic_rows,
+                "anchors": None if self.learner is None or self.learner.anchors is None else self.learner.anchors.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.learner is None:
@@ -234,3 +259,7 @@ class MemoryManager:
             self.stats.load_state_dict(state["background"])
             self._hand_background()
         self.traffic_rows = int(state.get("traffic_rows", 0))
+        if state.get("anchors") is not None and self.anchor_settings is not None:  # the predictions recorded then
+            from synclearn.learn.anchors import AnchorSet
+
+            self.learner.set_anchors(AnchorSet.from_state_dict(state["anchors"]))

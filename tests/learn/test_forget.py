@@ -24,7 +24,7 @@ from .test_sparse import assert_nested_equal
 CHILD = Path(__file__).with_name("forget_child.py")
 
 
-def learn_history(tmp_path, name, update="sparse", skip=(), journal_steps=1000, n=12, **learner_kw):
+def learn_history(tmp_path, name, update="sparse", skip=(), journal_steps=1000, n=12, anchors=None, **learner_kw):
     model = tiny_mcsd()
     log = InteractionLog(tmp_path / f"{name}.db")
     ids = log.append_many([{"session_id": f"user{i % 3}", **p} for i, p in enumerate(chat_pairs(n, seed=3))])
@@ -33,11 +33,13 @@ def learn_history(tmp_path, name, update="sparse", skip=(), journal_steps=1000, 
     if learner.journal is not None:
         learner.journal.max_steps = journal_steps
     examples = [{"id": r["id"], "prompt": r["prompt"], "response": r["response"]} for r in log.get_many(ids)]
+    if anchors is not None:  # the base's predictions, recorded before any step
+        learner.set_anchors(anchors(model))
     for size in (3, 4):  # two passes with different groupings: later steps replay earlier records
         for i in range(0, n, size):
             batch = [e for e in examples[i : i + size] if e["id"] not in skip]
             if batch:
-                learner.step(batch)
+                learner.step(batch + (learner.anchors.draw(size * 100 + i) if anchors is not None else []))
     return model, learner, ids
 
 
