@@ -212,6 +212,10 @@ class InteractionLog(LogLearning, LogForgetting):
     ) -> None:
         """Adds the user's feedback to a logged row (fields left ``None`` stay as they are).
 
+        A correction that differs from the row's earlier one makes a learned row new again (not
+        learned): the learner takes it in once more, with the correction, and rehearses it as
+        it does any new turn. What the learner took before stays learned until then.
+
         Raises:
             LogInputError: Neither score nor correction given, or a bad value.
             LogNotFoundError: No row with this id.
@@ -224,6 +228,10 @@ class InteractionLog(LogLearning, LogForgetting):
         now = time.time() if now is None else now
 
         def txn(conn: sqlite3.Connection) -> int:
+            if correction is not None:  # a new correction: the row is to be learned again
+                conn.execute(
+                    "UPDATE interactions SET learned_at = NULL, changed_seq = ? WHERE id = ? AND learned_at IS NOT NULL "
+                    "AND coalesce(feedback_correction, '') != ?", (schema.next_seq(conn), int(id), correction))
             return conn.execute(
                 "UPDATE interactions SET feedback_score = coalesce(?, feedback_score), "
                 "feedback_correction = coalesce(?, feedback_correction), feedback_at = ? WHERE id = ?",

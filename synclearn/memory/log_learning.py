@@ -146,13 +146,16 @@ class LogLearning:
                         f"SELECT {cols} FROM interactions WHERE changed_seq > ? AND learned_at IS NOT NULL",
                         (seq,),
                     ).fetchall()
+                    relearn = conn.execute(  # learned rows made new again (a new correction)
+                        "SELECT id FROM interactions WHERE changed_seq > ? AND learned_at IS NULL", (seq,)
+                    ).fetchall()
                 finally:
                     conn.execute("COMMIT")
-                return now_seq, forgets, rows
+                return now_seq, forgets, rows, [r[0] for r in relearn]
 
-            now_seq, forgets, rows = self._store.retry(read)
-            if rows or forgets or cached is None:
-                drop = np.array([i for _, ids in forgets for i in json.loads(ids)], dtype=np.int64)
+            now_seq, forgets, rows, relearn = self._store.retry(read)
+            if rows or forgets or relearn or cached is None:
+                drop = np.array(sorted({i for _, ids in forgets for i in json.loads(ids)} | set(relearn)), dtype=np.int64)
                 changed = Candidates.from_matrix(np.array(rows, dtype=np.float64).reshape(len(rows), 6))
                 cached = (cached or Candidates.from_matrix(np.empty((0, 6)))).updated(changed, drop)
             self._candidates = (cached, now_seq, forgets[-1][0] if forgets else audit_id)

@@ -248,3 +248,20 @@ def test_failed_migration_rolls_back_completely(tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master ORDER BY name")] == before
     conn.close()
+
+
+def test_a_new_correction_makes_a_learned_row_new_again(tmp_path):
+    log = InteractionLog(tmp_path / "log.db")
+    a = log.append(session_id="s", prompt="What is Kado's pet?", response="It's a cat.")
+    b = log.append(session_id="s", prompt="Hi!", response="Hello!")
+    log.mark_learned([a, b])
+    assert [r["id"] for r in log.unlearned(10)] == [] and sorted(log.replay_candidates().ids.tolist()) == [a, b]
+    log.set_feedback(a, score=1.0)  # a score alone changes nothing about learning
+    assert log.unlearned(10) == []
+    log.set_feedback(a, correction="It's a parrot.")
+    assert [r["id"] for r in log.unlearned(10)] == [a]
+    assert log.replay_candidates().ids.tolist() == [b] == log.replay_candidates(fresh=True).ids.tolist()
+    log.mark_learned([a])
+    log.set_feedback(a, correction="It's a parrot.")  # the same correction again: nothing new to learn
+    assert log.unlearned(10) == [] and sorted(log.replay_candidates().ids.tolist()) == [a, b]
+    assert log.get(a)["feedback_correction"] == "It's a parrot."
