@@ -1,19 +1,21 @@
 """Brain-like activation that saves compute (issue 15): sparse decode and the sparse step, side by side.
 
-One run measures, on this machine (CPU unless ``--device cuda``):
+One run measures, on this machine (CPU unless ``--device cuda``; one torch thread unless
+``--threads``), the issue's goals side by side:
 
-1. **decode at 10/25/50% of the neurons vs dense**, batch 1, on ``--model`` (default
-   ``mcsd-small``, random weights; its predictors are fitted with ``fit_predictors`` on the
-   MLP inputs of the built-in corpus first). Same prefilled context, the sides taking turns
-   run by run; the fastest run counts.
-2. **held-out NLL at those fractions vs dense** on a model that has learned something:
-   ``--base mcsd-chat`` (the cached chat base, pretrained on first use) or, by default, a
-   ``mcsd-chat``-shaped model trained here for ``--nll-train-steps`` steps on the built-in
-   corpus (the report says which), predictors fitted on its training text; the held-out text is
-   chat turns from another seed. NLL = mean cross-entropy per token of the sparse chunked form
-   (each token uses its own k neurons, as decoding does).
-3. **decode at ``--long-context`` tokens**: MCSD dense and with sparse decode at the first
-   fraction vs a same-size ``LlamaForCausalLM`` with a KV cache (bench_decode's pair).
+1. **the chat base at 10/25/50% of the neurons vs dense**: held-out NLL and batch-1 decode
+   speed of one model with its predictors fitted (``fit_predictors`` on its training text).
+   The model is ``--base``: ``mcsd-chat`` (the cached pretrained chat base, pretrained on first
+   use; the full run's default) or ``quick-train`` (a ``mcsd-chat``-shaped model trained here
+   for ``--nll-train-steps`` steps; ``--quick``'s default); the report says which. The held-out
+   text is chat turns from another seed; NLL = mean cross-entropy per token of the sparse
+   chunked form (each token uses its own k neurons, as decoding does).
+2. **decode at 10/25/50% of the neurons vs dense**, batch 1, on ``--model`` (default
+   ``mcsd-small``, random weights, predictors fitted on the MLP inputs of the built-in corpus):
+   a width where the MLP's weights, not the dispatch of small kernels, are what a step costs.
+   Same prefilled context, the sides taking turns run by run; the fastest run counts.
+3. **decode at ``--long-context`` tokens**: that model dense and with sparse decode at the first
+   fraction vs a same-size ``LlamaForCausalLM`` with a KV cache (bench_decode's Llama).
 4. **the sparse learning step at ``--learn-fraction``** on ``--model``: its compute (trace,
    selection, forward through the gathered neurons, gradients) as the learner runs it today
    (two whole forwards) vs :func:`synclearn.learn.sparse.trace_pass` +
@@ -24,8 +26,8 @@ One run measures, on this machine (CPU unless ``--device cuda``):
 Prints a table, writes JSON to ``--out``. Wall-clock figures: the machine may be shared (the
 load average is recorded).
 
-    .venv/bin/python experiments/bench_sparse.py --quick    # ~2-3 min on 2 idle cores
-    .venv/bin/python experiments/bench_sparse.py            # the issue's sizes (4096 context, 2048 train)
+    .venv/bin/python experiments/bench_sparse.py --quick    # ~3 min, one thread
+    .venv/bin/python experiments/bench_sparse.py            # the issue's sizes (4096 context, 2048 train): ~10 min
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decode import MCSDSide, MCSDSparseSide, build_pair, measure_decode, measure_training  # noqa: E402
+from bench_decode import LlamaSide, MCSDSide, MCSDSparseSide, llama_like, measure_decode, measure_training  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 from common import environment, print_table, write_json  # noqa: E402
 
 from synclearn.data import chat_pairs, encode_corpus  # noqa: E402
@@ -61,16 +64,19 @@ def corpus_batches(seq: int, n: int, seed: int = 0) -> list[torch.Tensor]:
     return [ids[s : s + seq + 1][None] for s in starts.tolist()]
 
 
-def decode_vs_fraction(args) -> list[dict]:
-    model = load_model(args.model, seed=args.seed)
-    log(f"fitting predictors of {args.model}")
-    fit_predictors(model, [b[:, :-1] for b in corpus_batches(256, 4)], steps=args.predictor_steps)
-    dense = MCSDSide(model)
-    sides = [dense] + [MCSDSparseSide(model, f) for f in args.fractions]
-    log(f"decode at {args.fractions} of the neurons vs dense, context {args.context}")
+def decode_vs_fraction(args, model=None, name=None, part="decode vs dense") -> tuple[list[dict], object]:
+    """Batch-1 decode at each fraction vs dense; ``model`` (predictors fitted) or ``--model``
+    built here. Returns (rows, the model)."""
+    if model is None:
+        model, name = load_model(args.model, seed=args.seed, device=args.device), args.model
+        log(f"fitting predictors of {args.model}")
+        fit_predictors(model, [b[:, :-1].to(args.device) for b in corpus_batches(256, 4)], steps=args.predictor_steps)
+    model.eval()
+    sides = [MCSDSide(model)] + [MCSDSparseSide(model, f) for f in args.fractions]
+    log(f"{part} ({name}): decode at {args.fractions} of the neurons vs dense, context {args.context}")
     out = measure_decode(sides, args.context, 1, args, args.device)
-    return [dict(part="decode vs dense", model=args.model, side=s.label, context=args.context, value=r["decode"],
-                 unit="tok/s", ratio=r["decode"] / out[0]["decode"], runs_s=r["runs_s"]) for s, r in zip(sides, out)]
+    return [dict(part=part, model=name, side=s.label, context=args.context, value=r["decode"],
+                 unit="tok/s", ratio=r["decode"] / out[0]["decode"], runs_s=r["runs_s"]) for s, r in zip(sides, out)], model
 
 
 def trained_base(args):
@@ -91,7 +97,7 @@ def trained_base(args):
     return model.eval(), f"mcsd-chat shape trained here for {args.nll_train_steps} steps (final loss {float(loss):.3f})"
 
 
-def nll_vs_fraction(args) -> tuple[list[dict], str]:
+def nll_vs_fraction(args) -> tuple[list[dict], str, object]:
     model, which = trained_base(args)
     log(f"held-out NLL on {which}")
     recall = fit_predictors(model, [b[:, :-1] for b in corpus_batches(128, 16, args.seed)], steps=args.predictor_steps)
@@ -111,14 +117,17 @@ def nll_vs_fraction(args) -> tuple[list[dict], str]:
             rows.append(dict(part="held-out NLL", model=which.split(" ")[0], side="dense" if spec is None else f"sparse {frac:.0%}",
                              context=held.shape[1] - 1, value=nll, unit="nats/token", ratio=nll / dense_nll))
     rows[0]["predictor_recall_top10"] = {str(k): round(v, 3) for k, v in recall.items()}
-    return rows, which
+    return rows, which, model
 
 
-def long_context(args) -> list[dict]:
+def long_context(args, model) -> list[dict]:
+    """``model`` (``--model``, predictors fitted) vs a same-size Llama: decode at the long
+    context, then training tokens/s."""
     max_pos = max(args.long_context + (args.repeats + 1) * args.new_tokens + 1, args.train_seq + 1)
-    mcsd, llama = build_pair(args.model, args.device, torch.float32, args.seed, max_pos)
-    fit_predictors(mcsd.model, [b[:, :-1] for b in corpus_batches(256, 4)], steps=args.predictor_steps)
-    sparse = MCSDSparseSide(mcsd.model, args.fractions[0])
+    torch.manual_seed(args.seed)
+    with torch.device(args.device):
+        llama = LlamaSide(LlamaForCausalLM(llama_like(model, max_pos)).eval())
+    mcsd, sparse = MCSDSide(model), MCSDSparseSide(model, args.fractions[0])
     log(f"decode at context {args.long_context}: MCSD dense / sparse vs Llama with KV cache")
     m, s, t = measure_decode((mcsd, sparse, llama), args.long_context, 1, args, args.device)
     rows = [dict(part="long-context decode", model=args.model, side=side.label, context=args.long_context, value=r["decode"],
@@ -181,7 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short sizes, one thread (a few minutes on a shared machine)")
     p.add_argument("--model", default="mcsd-small", help="MCSD size for speed (random weights)")
-    p.add_argument("--base", default="quick-train", help="'quick-train' or a model name/dir for the NLL part")
+    p.add_argument("--base", default=None, help="the chat base of part 1: a model name/dir, or 'quick-train' "
+                   "(default: mcsd-chat, the pretrained base; quick-train with --quick)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     p.add_argument("--context", type=int, default=256, help="prefilled context of the decode-vs-dense part")
     p.add_argument("--long-context", type=int, default=4096)
@@ -197,7 +207,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plastic-layers", type=int, default=4, help="the learner's default: the last 4 layers")
     p.add_argument("--learn-seq", type=int, default=128)
     p.add_argument("--learn-batch", type=int, default=8)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the goals are stated for one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="experiments/out/bench_sparse.json")
@@ -205,7 +215,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.context, args.long_context, args.train_seq, args.repeats, args.new_tokens = 64, 1024, 512, 2, 8
         args.nll_train_steps, args.nll_tokens, args.predictor_steps, args.train_steps = 80, 512, 100, 1
-        args.learn_seq, args.learn_batch, args.threads = 64, 4, 1
+        args.learn_seq, args.learn_batch = 64, 4
+    if args.base is None:
+        args.base = "quick-train" if args.quick else "mcsd-chat"
     bad = [f"--fractions {f} (expected 0 < f < 1)" for f in args.fractions if not 0 < f < 1]
     if not 0 < args.learn_fraction <= 1:
         bad.append(f"--learn-fraction={args.learn_fraction} (expected 0 < f <= 1)")
@@ -214,28 +226,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+GOALS = {  # goal -> (part, side at the first fraction or "MCSD", comparison, target)
+    "chat base decode at 10% vs dense": ("chat base decode vs dense", "sparse", ">=", 2.5),
+    "chat base NLL at 10% / dense": ("held-out NLL", "sparse", "<=", 1.02),
+    "mcsd-small decode at 10% vs dense": ("decode vs dense", "sparse", ">=", 2.5),
+    "sparse decode at long context vs Llama": ("long-context decode", "sparse", ">=", 8.0),
+    "sparse learning step speed-up": ("sparse learning step", "trace_pass + resumed_forward", ">=", 1.5),
+    "training tok/s vs Llama": ("training", "MCSD", ">=", 2.0),
+}
+
+
+def goal_checks(rows: list[dict], args) -> dict:
+    ratio = {(r["part"], r["side"]): r["ratio"] for r in rows}
+    first = args.fractions[0]
+    out = {}
+    for name, (part, side, op, target) in GOALS.items():
+        key = {"sparse": f"MCSD sparse {first:.0%}" if part != "held-out NLL" else f"sparse {first:.0%}"}.get(side, side)
+        value = ratio[(part, key)]
+        out[name.replace("10%", f"{first:.0%}")] = {"value": value, "target": f"{op} {target}",
+                                                    "met": bool(value >= target if op == ">=" else value <= target)}
+    return out
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
-    rows = decode_vs_fraction(args)
-    nll_rows, which = nll_vs_fraction(args)
-    rows += nll_rows + sparse_learning(args) + long_context(args)
-    ratio = {(r["part"], r["side"]): r["ratio"] for r in rows}
-    goals = {
-        "decode_10pct_vs_dense>=2.5": ratio[("decode vs dense", f"MCSD sparse {args.fractions[0]:.0%}")],
-        "nll_10pct_within_2pct": ratio[("held-out NLL", f"sparse {args.fractions[0]:.0%}")],
-        f"mcsd_sparse_decode_at_{args.long_context}_vs_llama>=8": ratio[("long-context decode", f"MCSD sparse {args.fractions[0]:.0%}")],
-        "learn_step_speedup>=1.5": ratio[("sparse learning step", "trace_pass + resumed_forward")],
-        f"train_tok_s_at_{args.train_seq}_vs_llama>=2": ratio[("training", "MCSD")],
-    }
-    print_table(rows, ["part", "side", "context", "value", "unit", "ratio"])
-    print("\ngoals (measured ratio):")
-    for k, v in goals.items():
-        print(f"  {k}: {v:.3f}")
+    load_start, t0, seconds = os.getloadavg(), time.perf_counter(), {}
+
+    def part(name, fn, *a):
+        start = time.perf_counter()
+        result = fn(*a)
+        seconds[name] = round(time.perf_counter() - start, 1)
+        log(f"{name}: {seconds[name]} s")
+        return result
+
+    nll_rows, which, base = part("chat base NLL", nll_vs_fraction, args)
+    base_rows, _ = part("chat base decode", decode_vs_fraction, args, base, which.split(" ")[0], "chat base decode vs dense")
+    rows, model = part("decode vs dense", decode_vs_fraction, args)
+    rows = nll_rows + base_rows + rows + part("sparse learning step", sparse_learning, args)
+    rows += part("long context + training", long_context, args, model)
+    goals = goal_checks(rows, args)
+    print_table(rows, ["part", "model", "side", "context", "value", "unit", "ratio"])
+    print(f"\ngoals (threads {args.threads}; {time.perf_counter() - t0:.0f} s; load average at start "
+          f"{load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores):")
+    for k, g in goals.items():
+        print(f"  {k:<44} {g['value']:7.3f}  target {g['target']:<7} {'MET' if g['met'] else 'not met'}")
     env = environment() | {"loadavg_start": load_start, "loadavg_end": os.getloadavg(), "cpu_count": os.cpu_count()}
     out = write_json(args.out, {"command": " ".join(["python", *sys.argv]), "config": vars(args), "nll_model": which,
-                                "environment": env, "results": rows, "goals": goals})
+                                "seconds": seconds, "environment": env, "results": rows, "goals": goals})
     log(f"wrote {out}")
 
 
