@@ -174,6 +174,7 @@ class Learner(LearnerControls, AsideWork):
         self._regularizers: list[Any] = []  # fn() -> scalar added to the loss (EWC/MAS for LoRA/full)
         self._persist: Any = None  # fn() writing a checkpoint; forget() calls it at its commit point
         self.anchors: Any = None  # AnchorSet that {"anchor": k} examples index (set_anchors)
+        self.memory_state: dict | None = None  # the memory manager's state a checkpoint restored
         self._handle: Any = None
         self._builder: Any = None
         if journal is not None and not hasattr(journal, "record"):
@@ -383,7 +384,9 @@ class Learner(LearnerControls, AsideWork):
             return {"committed_steps": self.committed_steps, "optimizer": self._rule.state_dict(),
                     "locked": {k: v.clone() for k, v in self._controls.protected.items()}, "update": self.update,
                     "lr_scale": {k: v.clone() for k, v in self._controls.lr_scale.items()},
-                    "forget_epoch": self.forget_epoch}
+                    "forget_epoch": self.forget_epoch,
+                    "anchors": None if self.anchors is None else self.anchors.state_dict(),
+                    "memory": self.memory.state_dict() if hasattr(self.memory, "state_dict") else None}
 
     def load_state_dict(self, state: dict) -> None:
         if state["update"] != self.update:
@@ -394,4 +397,11 @@ class Learner(LearnerControls, AsideWork):
             self._controls.protected = {int(k): v.clone() for k, v in state["locked"].items()}
             self._controls.lr_scale = {int(k): v.clone() for k, v in state.get("lr_scale", {}).items()}
             self.forget_epoch = state.get("forget_epoch")
+            if state.get("anchors") is not None:  # the predictions recorded on the base, not on these weights
+                from synclearn.learn.anchors import AnchorSet
+
+                self.anchors = AnchorSet.from_state_dict(state["anchors"])
+            self.memory_state = state.get("memory")  # for a memory manager bound later (bind loads it)
+        if self.memory_state is not None and hasattr(self.memory, "load_state_dict") and self.memory.learner is self:
+            self.memory.load_state_dict(self.memory_state)
 

@@ -23,7 +23,8 @@ The learner, the chat front end and the server talk to it (never to the pieces d
 * **anchors** (:mod:`synclearn.learn.anchors`): the model's own predictions on pretraining-style
   turns, recorded when the manager binds (on the base); every attached step adds ``anchors.per_step``
   of them (most of all those like the batch's prompts) and a KL term toward the recorded
-  predictions, so what a step changes for the taught input it changes less for everything else;
+  predictions, so what a step changes for the taught input it changes less for everything else
+  (they are learner state: a checkpoint keeps the ones recorded on the base);
 * dense learners (LoRA/full) have no neurons: ``consolidation`` (EWC) anchors them instead.
 
 It also keeps the interface of :class:`~synclearn.bench.experiment.MemorySetup`
@@ -126,6 +127,8 @@ class MemoryManager:
         if self.learner is not None:
             raise RuntimeError("this MemoryManager is bound to another learner")
         self.learner = learner
+        if learner.memory is None:  # its checkpoints then carry this manager's state
+            learner.memory = self
         sparse = learner.update == "sparse"
         layouts = learner.model.neuron_layouts()
         if sparse and self.protection_settings is not None:
@@ -137,7 +140,8 @@ class MemoryManager:
             self.stats = background_for(learner.model, n_tokens=self.background_tokens,
                                         horizon=self.background_horizon)
             self._hand_background()
-        if self.anchor_settings is not None and hasattr(getattr(learner.model, "tokenizer", None), "turn"):
+        if (self.anchor_settings is not None and learner.anchors is None  # restored ones were recorded on the base
+                and hasattr(getattr(learner.model, "tokenizer", None), "turn")):
             from synclearn.learn.anchors import AnchorSet, anchor_turns
 
             opts = dict(self.anchor_settings)
@@ -145,6 +149,8 @@ class MemoryManager:
             learner.set_anchors(AnchorSet.build(learner.model, turns, seed=learner.seed,
                                                 max_len=min(128, learner.max_seq_len + 1), **opts))
         learner.add_step_observer(self._observe_step)
+        if learner.memory_state is not None:  # restored from a checkpoint before this manager was bound
+            self.load_state_dict(learner.memory_state)
         return self
 
     def _hand_background(self) -> None:
@@ -245,8 +251,7 @@ class MemoryManager:
     def state_dict(self) -> dict[str, Any]:
         return {"protection": None if self.protection is None else self.protection.state_dict(),
                 "background": None if self.stats is None else self.stats.state_dict(),
-                "traffic_rows": self.traffic_rows,
-                "anchors": None if self.learner is None or self.learner.anchors is None else self.learner.anchors.state_dict()}
+                "traffic_rows": self.traffic_rows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.learner is None:
@@ -259,7 +264,3 @@ class MemoryManager:
             self.stats.load_state_dict(state["background"])
             self._hand_background()
         self.traffic_rows = int(state.get("traffic_rows", 0))
-        if state.get("anchors") is not None and self.anchor_settings is not None:  # the predictions recorded then
-            from synclearn.learn.anchors import AnchorSet
-
-            self.learner.set_anchors(AnchorSet.from_state_dict(state["anchors"]))

@@ -139,8 +139,11 @@ def test_the_manager_hands_anchors_to_the_attached_learner(tmp_path):
     steps = [learner.journal.load(i).examples for i in learner.journal.indices]
     assert steps and all(sum("anchor" in e for e in ex) == 4 and any("prompt" in e for e in ex) for ex in steps)
     assert len(log.ids(learned=True)) >= 1  # the anchors did not disturb the rehearsal bookkeeping
-    state = memory.state_dict()
-    other = MemoryManager(anchors={"turns": 16, "per_step": 4, "top_k": 4}, background="none")
-    Learner(tiny_mcsd(seed=5), seed=0, memory=other).memory.load_state_dict(state)
-    assert other.learner.anchors.tokens == learner.anchors.tokens
-    assert all(torch.equal(x, y) for x, y in zip(other.learner.anchors.logp, learner.anchors.logp))
+    # a restart: the learner state restores the anchors recorded on the base (not re-recorded on the
+    # learned weights) and the manager bound afterwards takes its state from it
+    restored = Learner(tiny_mcsd(seed=5), seed=0)
+    restored.load_state_dict(learner.state_dict())
+    other = MemoryManager(anchors={"turns": 16, "per_step": 4, "top_k": 4}, background="none").bind(restored)
+    assert other.learner is restored and restored.memory is other
+    assert restored.anchors.tokens == learner.anchors.tokens
+    assert all(torch.equal(x, y) for x, y in zip(restored.anchors.logp, learner.anchors.logp))

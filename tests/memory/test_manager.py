@@ -104,6 +104,18 @@ def test_manager_binds_the_learner_and_reports_status(tmp_path):
         other = MemoryManager(protection={"budget": 0.4, "half_life_steps": 50}, background_tokens=1024)
         Learner(tiny(), log, neuron_fraction=0.1, plastic_layers=2, memory=other).memory.load_state_dict(state)
         assert other.status()["layers"] == status["layers"]
+        # a chat checkpoint (real files, weights-only load) carries the manager's state: a learner
+        # restored from it and a manager bound afterwards report the same protection and background
+        from synclearn.chat.checkpoint import CheckpointStore
+
+        store = CheckpointStore(tmp_path / "ckpt")
+        store.save(model, learner, base="tiny")
+        again = MemoryManager(protection={"budget": 0.4, "half_life_steps": 50}, background_tokens=1024)
+        _, restored, _ = store.restore(lambda m: Learner(m, log, neuron_fraction=0.1, plastic_layers=2))
+        again.bind(restored)
+        assert again.status()["layers"] == status["layers"] and again.traffic_rows == 6
+        assert again.protection.items.keys() == memory.protection.items.keys()
+        assert torch.equal(restored.background(1), learner.background(1))
     with pytest.raises(ValueError, match="replay_ratio=2.*background='vibes'.*protection="):
         MemoryManager(replay_ratio=2, background="vibes", protection={"budget": 3})
 
