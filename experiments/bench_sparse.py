@@ -208,6 +208,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learn-seq", type=int, default=128)
     p.add_argument("--learn-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the goals are stated for one)")
+    p.add_argument("--compile-decode", action="store_true",
+                   help="also decode the chat base through torch.compile (compile_decode; ~20 s of compiling per side)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="experiments/out/bench_sparse.json")
@@ -262,6 +264,11 @@ def main(argv=None) -> None:
 
     nll_rows, which, base = part("chat base NLL", nll_vs_fraction, args)
     base_rows, _ = part("chat base decode", decode_vs_fraction, args, base, which.split(" ")[0], "chat base decode vs dense")
+    if args.compile_decode:  # the same decode through torch.compile (MCSDLM.compile_decode)
+        base.compile_decode()
+        base_rows += part("chat base decode, compiled", decode_vs_fraction, args, base, which.split(" ")[0],
+                          "chat base decode vs dense, compiled")[0]
+        base.compile_decode(False)
     rows, model = part("decode vs dense", decode_vs_fraction, args)
     rows = nll_rows + base_rows + rows + part("sparse learning step", sparse_learning, args)
     rows += part("long context + training", long_context, args, model)
