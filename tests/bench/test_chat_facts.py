@@ -135,16 +135,19 @@ def test_same_seed_same_figures_with_retention_replay_and_the_memory_manager(mod
     from synclearn.memory import MemoryManager, RetentionAware
 
     runs = []
+    initial = {n: t.clone() for n, t in model.state_dict().items()}
     for k in range(2):
         memory = MemoryManager(replay_ratio=0.5, batch_size=2, new_repeats=3, learned_loss=0.05, background="none",
-                               protection={"budget": 0.4, "half_life_steps": 5})
-        learner = Learner(model if k == 0 else type(model)(model.config), None, update="sparse", neuron_fraction=0.25,
-                          plastic_layers=1, lr=1e-2, seed=0, memory=memory)
+                               protection={"budget": 0.4, "half_life_steps": 5},
+                               anchors={"turns": 16, "per_step": 2, "top_k": 4})
+        net = model
         if k == 1:
-            learner.model.load_state_dict(initial)
-        else:
-            initial = {n: t.clone() for n, t in model.state_dict().items()}
+            net = type(model)(model.config)
+            net.load_state_dict(initial)
+        learner = Learner(net, None, update="sparse", neuron_fraction=0.25, plastic_layers=1, lr=1e-2, seed=0,
+                          memory=memory)
         memory.bind(learner, RetentionAware())
+        assert len(learner.anchors) == 16
         with InteractionLog(tmp_path / f"log{k}.db") as log:
             out = chat_facts.run(learner.model, learner, log, tmp_path / f"run{k}", memory=memory,
                                  serve=ServeSettings(max_new_tokens=8), seed=0, n_facts=4, n_groups=2, gap=1,
