@@ -40,43 +40,57 @@ from synclearn.data.facts import QUESTION_FORMS, generate_facts  # noqa: E402
 from synclearn.eval.recall import probe_fact  # noqa: E402
 from synclearn.eval.retention import RetentionProbe, compare  # noqa: E402
 from synclearn.learn import Learner  # noqa: E402
+from synclearn.learn.anchors import AnchorSet, anchor_turns  # noqa: E402
 from synclearn.memory import MemoryManager  # noqa: E402
 
-METHODS = {  # name -> Learner settings (+ "memory": protection settings)
+ANCHORS = {"per_step": 8, "weight": 3.0, "near_share": 0.75}  # conf/memory/anchors.yaml
+METHODS = {  # name -> Learner settings (+ "memory": protection settings, "anchors": AnchorSet settings)
     "sparse-topk": {"update": "sparse", "selector": "topk"},
+    "sparse-topk-anchors": {"update": "sparse", "selector": "topk", "anchors": ANCHORS},
     "sparse-specificity": {"update": "sparse", "selector": "specificity"},
+    "sparse-specificity-anchors": {"update": "sparse", "selector": "specificity", "anchors": ANCHORS},
     "sparse-specificity-sgd": {"update": "sparse", "selector": "specificity", "optimizer": "sgd"},
     "sparse-specificity-protect": {"update": "sparse", "selector": "specificity",
                                    "memory": {"budget": 0.4, "half_life_steps": 1000}},
+    "sparse-topk-anchors512": {"update": "sparse", "selector": "topk", "anchors": {**ANCHORS, "turns": 512}},
     "lora": {"update": "lora"},
+    "lora-anchors": {"update": "lora", "anchors": ANCHORS},
     "full": {"update": "full"},
+    "full-anchors": {"update": "full", "anchors": ANCHORS},
 }
 
 
-def base_model(quick: bool):
+def base_model(name: str):
     """The quick base (a small MCSD pretrained on the chat mix, cached) or the chat base."""
     from synclearn.learn.pretrain import pretrained_model
 
-    if quick:
+    if name == "quick":
         return pretrained_model("mcsd-tiny", steps=400, progress=False, threads=1)
     return pretrained_model("mcsd-chat", threads=1)
 
 
 def teach(model, settings: dict, facts, forms, *, repeats: int, replay: int, lr_scale: float, seed: int,
           neuron_fraction: float) -> Learner:
-    kw = {k: v for k, v in settings.items() if k != "memory"}
+    kw = {k: v for k, v in settings.items() if k not in ("memory", "anchors")}
     memory = None
     if settings.get("selector") == "specificity":  # the manager hands the selector the background statistics
         memory = MemoryManager(protection=settings.get("memory"), background_tokens=16_384)
     learner = Learner(model, neuron_fraction=neuron_fraction, seed=seed, memory=memory, **kw)
     if lr_scale != 1.0:
         learner.set_lr(learner.lr * lr_scale)
+    if settings.get("anchors") is not None:  # the base's own predictions on pretraining-style turns
+        opts = dict(settings["anchors"])
+        learner.set_anchors(AnchorSet.build(model, anchor_turns(opts.pop("turns", 128), seed=seed), seed=seed, **opts))
     rng = random.Random(f"learn-keep-{seed}")
     examples = [{"id": i + 1, "prompt": f.question(k), "response": f.answer()} for i, (f, k) in enumerate(zip(facts, forms))]
     for i, ex in enumerate(examples):
         for _ in range(repeats):
             earlier = rng.sample(examples[:i], min(replay, i))
-            learner.step([ex, *earlier])
+            extra = []
+            if learner.anchors is not None:
+                near = [model.tokenizer.encode(e["prompt"]) for e in (ex, *earlier)]
+                extra = learner.anchors.draw(learner.committed_steps, near=near)
+            learner.step([ex, *earlier, *extra])
     return learner
 
 
@@ -152,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small base, 12 facts, one seed, no lr sweep")
     parser.add_argument("--facts", type=int, default=None)
+    parser.add_argument("--base", choices=["quick", "chat"], default=None,
+                        help="quick: a small base trained here; chat: the cached chat base (default without --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--lr-scales", type=float, nargs="+", default=None)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -164,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.lr_scales = args.lr_scales or ([1.0] if args.quick else [0.5, 1.0, 2.0])
     torch.set_num_threads(1)
-    base = base_model(args.quick)
+    base = base_model(args.base or ("quick" if args.quick else "chat"))
     state = {k: v.clone() for k, v in base.state_dict().items()}
 
     def make_model():

@@ -41,7 +41,7 @@ ANCHOR_SEED = "anchors"
 
 
 def anchor_turns(n: int, seed: int = 0, *, text_share: float = 0.25, smalltalk_share: float = 0.25,
-                 text_chars: int = 256) -> list[Any]:
+                 text_chars: int = 64) -> list[Any]:
     """``n`` pretraining-style inputs: questions about made-up people with their answers (the
     rest), small-talk turns (``smalltalk_share``) and windows of the built-in text
     (``text_share``, plain strings of ``text_chars`` characters). Deterministic in ``seed``;
