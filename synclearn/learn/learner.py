@@ -402,6 +402,6 @@ class Learner(LearnerControls, AsideWork):
 
                 self.anchors = AnchorSet.from_state_dict(state["anchors"])
             self.memory_state = state.get("memory")  # for a memory manager bound later (bind loads it)
-        if self.memory_state is not None and hasattr(self.memory, "load_state_dict") and self.memory.learner is self:
+        if self.memory_state is not None and getattr(self.memory, "learner", None) is self:
             self.memory.load_state_dict(self.memory_state)
 
