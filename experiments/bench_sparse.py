@@ -27,7 +27,7 @@ Prints a table, writes JSON to ``--out``. Wall-clock figures: the machine may be
 load average is recorded).
 
     .venv/bin/python experiments/bench_sparse.py --quick    # ~3 min, one thread
-    .venv/bin/python experiments/bench_sparse.py            # the issue's sizes (4096 context, 2048 train): ~10 min
+    .venv/bin/python experiments/bench_sparse.py            # the issue's sizes (4096 context, 2048 train): ~7 min
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ forms -- naive (:mod:`synclearn.model.naive`), chunked (``forward``/``prefill``)
 States are values: ``step`` and ``prefill`` never modify the state they are given; they
 return a new one. Under inference (no autograd) ``step`` writes every layer's new sums
 straight into one freshly allocated [n_layers, B, C, Dc] buffer per section (no per-token
-``torch.stack``) and builds the output projection's input in one [B, 2D] buffer (no ``cat``).
+``torch.stack``) and builds the output projection's input in one [B, 2D] buffer (no ``cat``);
+unless a neuron context or an adapter needs the modules, the layers run as one fused kernel
+sequence (:mod:`synclearn.model.decode_step`, tested equal to ``MCSDBlock.step``).
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ class MCSDBlock(nn.Module):
         """The layer's tensors for :func:`~synclearn.model.decode_step.layer_step`, or None when
         a module was replaced (e.g. a LoRA adapter) and only the module path computes it."""
         mods = (self.mixer.in_proj, self.mixer.out_proj, self.mlp.up, self.mlp.down)
-        if any(type(m) is not nn.Linear for m in mods) or type(self.norm_mix) is not nn.RMSNorm:
+        if any(type(m) is not nn.Linear for m in mods) or any(type(n) is not nn.RMSNorm for n in (self.norm_mix, self.norm_mlp)):
             return None
         pred = self.mlp.predictor
         up, down_rows = self.mlp.neuron_rows()
@@ -253,7 +255,7 @@ class MCSDLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.decode_kernel = DecodeKernel()  # layer_step, eager unless compile_decode() is called
+        self.decode_kernel = DecodeKernel()  # decode_step.layers_step, eager unless compile_decode() is called
         self.reset_parameters()
 
     @torch.no_grad()
