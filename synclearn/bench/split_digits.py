@@ -17,6 +17,12 @@ Methods (``METHODS``; one :class:`~synclearn.learn.Learner` each, same epochs fo
     lora, full      LoRA adapters / dense AdamW, no replay
     lora+replay     LoRA + the same replay buffer
     full+replay     dense AdamW + the same replay buffer
+    anchors         sparse + replay + logit replay (dark experience replay, DER++: Buzzega
+                    et al. 2020): each example's logits are recorded when it enters the
+                    buffer, and a replayed example adds ``logit_weight`` x MSE(logits now,
+                    recorded logits) to its label loss -- the classifier's counterpart of the
+                    language model's anchors (:mod:`synclearn.learn.anchors`: recorded
+                    predictions kept by a distillation term)
 
 LoRA and full updates have no neurons to lock, so their consolidation is the EWC penalty of
 ``Consolidation("ewc")`` (``EWC_METHODS``: lora+ewc, lora+replay+ewc, full+ewc,
@@ -24,6 +30,16 @@ full+replay+ewc): at each task boundary the Fisher information (squared gradient
 is estimated on the task's training examples and every later step is pulled toward the
 weights of that boundary. These are not in ``METHODS`` (the benchmark scripts' default list)
 and have no tuned learning rate: they use the rate of the same method without ``+ewc``.
+
+Logit replay (``anchors``): when the reservoir takes an example (the first epoch of its task,
+right after the step that learned it), the model's logits for it are recorded
+(:class:`StoredLogits`, [N_train, 10]); :class:`LogitReplayBatch` -- a :class:`LabelBatch`
+with the recorded logits of its replayed rows -- adds ``logit_weight x mean over replayed rows
+of mean_c (z_c - z*_c)^2`` (:func:`logit_distillation`; all 10 logits, in both settings) to the
+label cross entropy that every row already has. ``logit_record="task_end"`` records them once
+more when the example's own task ends (nothing of a later task seen yet): at insertion the model
+has seen the task for less than an epoch, and DER's insertion-time logits then pull the task's
+own buffered examples back toward half-learned answers (``LOGIT_RECORD_MODES``).
 
 Every method with replay uses one buffer of ``buffer_size`` examples (Algorithm R over the
 training stream, seeded), and each step trains on ``batch_size`` new examples plus up to
@@ -59,20 +75,24 @@ import torch
 from torch import Tensor
 
 from synclearn.eval import metrics
+from synclearn.learn.batch import LabelBatch, at_least_float32
 from synclearn.memory.replay import Reservoir
 
-__all__ = ["DEFAULT_LR", "EWC_METHODS", "METHODS", "SETTINGS", "TASKS", "DigitsSplit", "MethodSpec",
-           "default_lr", "evaluate_tasks", "hydra_method", "load_split_digits", "method_spec", "replay_rows",
-           "run", "run_split_digits", "task_mask"]
+__all__ = ["DEFAULT_LOGIT_WEIGHT", "DEFAULT_LR", "EWC_METHODS", "LOGIT_RECORD_MODES", "METHODS", "SETTINGS", "TASKS", "DigitsSplit",
+           "LogitReplayBatch", "MethodSpec", "StoredLogits", "default_lr", "evaluate_tasks", "hydra_method",
+           "load_split_digits", "logit_distillation", "method_spec", "replay_rows", "run", "run_split_digits",
+           "task_mask"]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """How a method learns: ``update`` family, whether it replays, whether it consolidates."""
+    """How a method learns: ``update`` family, whether it replays, whether it consolidates,
+    whether its replayed examples also keep their recorded logits (``distill``)."""
 
     update: str
     replay: bool
     consolidate: bool
+    distill: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -83,6 +103,7 @@ METHODS: dict[str, MethodSpec] = {
     "lora+replay": MethodSpec("lora", replay=True, consolidate=False),
     "full": MethodSpec("full", replay=False, consolidate=False),
     "full+replay": MethodSpec("full", replay=True, consolidate=False),
+    "anchors": MethodSpec("sparse", replay=True, consolidate=False, distill=True),
 }
 # LoRA/full with consolidation: the EWC penalty (no neurons to lock); see the module docstring.
 EWC_METHODS: dict[str, MethodSpec] = {
@@ -96,10 +117,16 @@ TASKS: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 # Best mean ACC of the lr sweep (seeds 100-104; 5 epochs, batch 32, buffer 200, 5% neurons, lock 0.1).
 DEFAULT_LR: dict[str, dict[str, float]] = {
     "class": {"naive": 3e-4, "replay": 3e-3, "consolidation": 1e-1, "lora": 1e-4, "lora+replay": 1e-3,
-              "full": 1e-4, "full+replay": 3e-4},
+              "full": 1e-4, "full+replay": 3e-4, "anchors": 5e-3},
     "task": {"naive": 1e-3, "replay": 3e-3, "consolidation": 1e-2, "lora": 3e-4, "lora+replay": 1e-3,
-             "full": 3e-4, "full+replay": 3e-4},
+             "full": 3e-4, "full+replay": 3e-4, "anchors": 3e-3},
 }
+LOGIT_RECORD_MODES = ("insertion", "task_end")  # when "anchors" records a buffered example's logits
+# Logit replay ("anchors"): weight of the MSE toward the recorded logits. Class-IL: swept with its lr on
+# seeds 100-104 (logit_record task_end, 5% neurons; lr 2e-3..3e-2 x weight 0.3..10): best mean ACC 0.926 at
+# lr 5e-3, weight 2 (insertion-time logits: best 0.874 at lr 3e-3, weight 1). Task-IL: not swept (replay's
+# lr, class-IL's weight).
+DEFAULT_LOGIT_WEIGHT: dict[str, float] = {"class": 2.0, "task": 2.0}
 
 
 def method_spec(method: str) -> MethodSpec:
@@ -122,14 +149,17 @@ def hydra_method(update: str, memory: Any, benchmark: str = "split-digits") -> s
     """The method that a ``learner`` group (its ``update``) and a ``memory`` group (a
     :class:`~synclearn.bench.experiment.MemorySetup`) stand for::
 
-        memory:        none          replay        consolidate (replay + consolidation)
-        sparse         naive         replay        consolidation (lock)
-        lora           lora          lora+replay   lora+replay+ewc
-        full           full          full+replay   full+replay+ewc
+        memory:        none          replay        consolidate (replay + consolidation)   anchors
+        sparse         naive         replay        consolidation (lock)                    anchors
+        lora           lora          lora+replay   lora+replay+ewc                         -
+        full           full          full+replay   full+replay+ewc                         -
 
     Replay is on when ``memory.replay_ratio > 0`` (the benchmark's reservoir buffer, one
     replayed example per new one), consolidation when ``memory.consolidation`` is set (so
-    ``memory=consolidate memory.replay_ratio=0`` gives lora+ewc / full+ewc). Raises
+    ``memory=consolidate memory.replay_ratio=0`` gives lora+ewc / full+ewc), logit replay
+    (``distill``) when the memory group has anchors (``memory.anchors``, a
+    :class:`~synclearn.memory.MemoryManager`'s ``anchor_settings``; their language-model
+    settings do not apply: the benchmark's ``logit_weight`` does). Raises
     ValueError naming the problem for a combination the benchmark has no method for, and for
     memory features a task benchmark without an interaction log cannot honour (fading, the
     step journal).
@@ -143,17 +173,20 @@ def hydra_method(update: str, memory: Any, benchmark: str = "split-digits") -> s
                         "does not use")
     replay = float(getattr(memory, "replay_ratio", 0.0)) > 0
     consolidate = getattr(memory, "consolidation", None) is not None
-    key = (update, replay, consolidate)
+    distill = getattr(memory, "anchor_settings", None) is not None
+    key = (update, replay, consolidate, distill)
     found = [name for name, spec in {**METHODS, **EWC_METHODS}.items()
-             if (spec.update, spec.replay, spec.consolidate) == key]
+             if (spec.update, spec.replay, spec.consolidate, spec.distill) == key]
     if not problems and not found:
         problems.append(f"learner.update={update!r} with {'replay' if replay else 'no replay'} "
-                        f"(memory.replay_ratio={getattr(memory, 'replay_ratio', None)!r}) and "
-                        f"{'consolidation' if consolidate else 'no consolidation'} is not a method (sparse "
-                        "consolidation, neuron locking, needs replay)")
+                        f"(memory.replay_ratio={getattr(memory, 'replay_ratio', None)!r}), "
+                        f"{'consolidation' if consolidate else 'no consolidation'} and "
+                        f"{'anchors' if distill else 'no anchors'} is not a method (sparse consolidation, neuron "
+                        "locking, needs replay; anchors, logit replay, need replay, a sparse learner and no "
+                        "consolidation)")
     if problems:
         raise ValueError(f"{benchmark}: unsupported learner/memory combination: " + "; ".join(problems)
-                         + " (use memory=none, replay or consolidate)")
+                         + " (use memory=none, replay, consolidate or anchors)")
     return found[0]
 
 
@@ -202,6 +235,72 @@ def replay_rows(pool: Reservoir | None, k: int, rng: np.random.Generator) -> np.
     return rng.choice(pool.pool, size=k, replace=False)
 
 
+class StoredLogits:
+    """The logits each training example had when it entered the replay buffer.
+
+    ``logits`` [N, C] float32, one row per training example (NaN until recorded); a row is
+    written once, by :meth:`record`, and never again (each example is offered once).
+    """
+
+    def __init__(self, n_examples: int, n_classes: int = 10) -> None:
+        self.logits = torch.full((n_examples, n_classes), float("nan"))
+
+    @torch.no_grad()
+    def record(self, model: torch.nn.Module, x: Tensor, ids: np.ndarray) -> None:
+        """Record ``model``'s logits now for the examples ``ids`` (rows of ``x`` [N, d_in])."""
+        if len(ids) == 0:
+            return
+        ids_t = torch.as_tensor(ids, dtype=torch.long)
+        self.logits[ids_t] = model(x[ids_t].to(model.device)).float().cpu()
+
+    def offer(self, pool: Reservoir, ids: np.ndarray, rng: np.random.Generator, model: torch.nn.Module,
+              x: Tensor) -> np.ndarray:
+        """``pool.offer(ids, rng)``, then record the logits of the ids it took; returns them."""
+        held = pool.pool.copy()
+        pool.offer(ids, rng)
+        taken = np.setdiff1d(pool.pool, held)
+        self.record(model, x, taken)
+        return taken
+
+
+def logit_distillation(logits: Tensor, stored: Tensor, replayed: Tensor) -> tuple[Tensor, Tensor]:
+    """DER's logit-replay term: ``mean over replayed rows of mean_c (logits - stored)^2``.
+
+    Args:
+        logits: [B, C] the model's logits now.
+        stored: [B, C] the recorded logits (rows that are not replayed are ignored; NaN allowed there).
+        replayed: [B] bool, the rows with recorded logits.
+
+    Returns:
+        (the term, a scalar: 0 when no row is replayed; per-row squared error [B], 0 where not replayed).
+    """
+    replayed = replayed.to(logits.device)
+    target = torch.where(replayed[:, None], stored.to(logits.device, logits.dtype), logits.detach())
+    per_row = (logits - target).pow(2).mean(-1) * replayed  # [B]
+    return per_row.sum() / replayed.sum().clamp(min=1), per_row.detach()
+
+
+@dataclass
+class LogitReplayBatch(LabelBatch):
+    """A :class:`LabelBatch` whose replayed rows also keep their recorded logits (DER++).
+
+    ``stored`` [B, C] recorded logits (read where ``replayed`` [B] bool is True);
+    ``logit_weight`` >= 0. ``loss`` = the label cross entropy of every row +
+    ``logit_weight x`` :func:`logit_distillation`.
+    """
+
+    stored: Tensor | None = None
+    replayed: Tensor | None = None
+    logit_weight: float = 1.0
+
+    def loss(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        ce, per_example = super().loss(logits)
+        if self.stored is None or self.replayed is None:
+            return ce, per_example
+        distill, per_row = logit_distillation(at_least_float32(logits), self.stored, self.replayed)
+        return ce + self.logit_weight * distill, per_example + self.logit_weight * per_row.to(per_example)
+
+
 def task_mask(labels: Tensor, n_classes: int = 10) -> Tensor:
     """[B] labels -> [B, C] bool: True on the classes of each example's task.
 
@@ -237,6 +336,8 @@ def run_split_digits(
     batch_size: int = 32,
     neuron_fraction: float = 0.05,
     lock_fraction: float = 0.1,
+    logit_weight: float | None = None,
+    logit_record: str = "task_end",
     d_model: int = 64,
     d_ff: int = 256,
     n_layers: int = 2,
@@ -257,6 +358,10 @@ def run_split_digits(
         neuron_fraction: sparse budget per layer and step (sparse methods).
         lock_fraction: share of each layer's neurons ``Consolidation("lock")`` locks at
             every task boundary ("consolidation").
+        logit_weight: weight of the logit-replay term ("anchors"; None:
+            ``DEFAULT_LOGIT_WEIGHT[setting]``).
+        logit_record: when "anchors" records a buffered example's logits: "insertion" (DER:
+            when the buffer takes it) or "task_end" (again when its task ends; the default).
         d_model, d_ff, n_layers: classifier shape.
         consolidation: for consolidating methods, a callable ``learner -> Consolidation``
             used instead of the default (``Consolidation(learner, "lock",
@@ -278,10 +383,15 @@ def run_split_digits(
     bad = [f"{n}={v!r}" for n, v in (("epochs", epochs), ("batch_size", batch_size)) if not isinstance(v, int) or v < 1]
     if not isinstance(buffer_size, int) or buffer_size < 0:
         bad.append(f"buffer_size={buffer_size!r}")
+    if logit_weight is None:
+        logit_weight = DEFAULT_LOGIT_WEIGHT[setting]
+    if isinstance(logit_weight, bool) or not isinstance(logit_weight, (int, float)) or not 0 <= logit_weight < math.inf:
+        bad.append(f"logit_weight={logit_weight!r} (expected a finite number >= 0)")
+    if logit_record not in LOGIT_RECORD_MODES:
+        bad.append(f"logit_record={logit_record!r} (expected one of {list(LOGIT_RECORD_MODES)})")
     if bad:
         raise ValueError(f"invalid split-digits settings: {', '.join(bad)} (expected positive integers, "
                          "buffer_size >= 0)")
-    from synclearn.learn.batch import LabelBatch
     from synclearn.model.classifier import SelectableClassifier
 
     data = load_split_digits(seed)
@@ -293,6 +403,7 @@ def run_split_digits(
                                             lock_fraction=lock_fraction)
     rng = np.random.default_rng(seed)
     pool = Reservoir(buffer_size) if spec.replay and buffer_size > 0 else None  # the stream's replay memory
+    stored = StoredLogits(len(data.y_train)) if spec.distill and pool is not None else None  # logit replay
 
     baseline = evaluate_tasks(model, data, setting)
     rows, steps, skipped, seconds = [], 0, 0, 0.0
@@ -303,13 +414,25 @@ def run_split_digits(
             order = rng.permutation(idx)
             for start in range(0, len(order), batch_size):
                 new = order[start : start + batch_size]
-                rows_ = np.concatenate([new, replay_rows(pool, len(new), rng)])
+                old = replay_rows(pool, len(new), rng)
+                rows_ = np.concatenate([new, old])
                 x, y = data.x_train[rows_], data.y_train[rows_]
                 allowed = task_mask(y) if setting == "task" else None
-                result = learner.step_batch(LabelBatch(x, y, allowed=allowed))
+                if stored is None:
+                    batch = LabelBatch(x, y, allowed=allowed)
+                else:
+                    replayed = torch.arange(len(rows_)) >= len(new)  # [B]: the rows drawn from the buffer
+                    batch = LogitReplayBatch(x, y, allowed=allowed, stored=stored.logits[rows_], replayed=replayed,
+                                             logit_weight=float(logit_weight))
+                result = learner.step_batch(batch)
                 steps, skipped = steps + 1, skipped + int(result.skipped)
                 if epoch == 0 and pool is not None:  # the stream offers each example to the buffer once
-                    pool.offer(new, rng)
+                    if stored is None:
+                        pool.offer(new, rng)
+                    else:  # the logits of the examples it takes, as the model is now
+                        stored.offer(pool, new, rng, model, data.x_train)
+        if stored is not None and logit_record == "task_end":  # this task's buffered examples, as learned
+            stored.record(model, data.x_train, np.intersect1d(pool.pool, idx))
         if consolidation is not None:
             if consolidation.policy == "ewc":  # Fisher of this task's loss, then anchor here
                 for start in range(0, len(idx), batch_size):
@@ -331,6 +454,8 @@ def run_split_digits(
         "lock_fraction": consolidation.fraction if consolidation is not None and consolidation.policy == "lock"
         else None,
         "consolidation": consolidation.policy if consolidation is not None else None, "locked_neurons": locked,
+        "logit_weight": float(logit_weight) if stored is not None else None,
+        "logit_record": logit_record if stored is not None else None,
         **{k: _finite_or_none(v) for k, v in summary.items()},
         "R": R.tolist(), "baseline": baseline,
         "forgetting_curve": [_finite_or_none(v) for v in metrics.forgetting_curve(R)],
@@ -435,12 +560,17 @@ def run(
     d_ff: int = 256,
     n_layers: int = 2,
     lock_fraction: float | None = None,
+    logit_weight: float | None = None,
+    logit_record: str = "task_end",
 ) -> dict[str, Any]:
     """Split-digits as a Hydra benchmark (``conf/benchmark/split_digits.yaml``).
 
     ``lock_fraction``, when given, replaces ``memory.consolidation``'s lock fraction: the tuned
     learning rates (``DEFAULT_LR``) were found at one lock fraction, so the benchmark pins it
     (``conf/benchmark/split_digits.yaml``) whatever the memory group's default for chat is.
+    ``logit_weight`` and ``logit_record`` are the logit replay's of ``memory=anchors`` (weight
+    None: the tuned ``DEFAULT_LOGIT_WEIGHT``); the memory group's anchor settings (a KL over recorded tokens of
+    chat turns) do not apply to the classifier.
 
     It builds its own model (``needs_model: false`` in ``conf/benchmark/split_digits.yaml``):
     :func:`~synclearn.bench.experiment.run_experiment` passes the ``learner`` group's settings (the Learner arguments; ``lr: null`` = the tuned
@@ -462,12 +592,16 @@ def run(
     result = run_split_digits(method, setting, seed=seed, buffer_size=buffer_size, epochs=epochs,
                               batch_size=batch_size, neuron_fraction=0.05 if neuron_fraction is None else neuron_fraction,
                               d_model=d_model, d_ff=d_ff, n_layers=n_layers, out_dir=out_dir,
-                              consolidation=pinned_consolidation(memory.consolidation, lock_fraction), **learner_kw)
+                              consolidation=pinned_consolidation(memory.consolidation, lock_fraction),
+                              logit_weight=logit_weight, logit_record=logit_record, **learner_kw)
     out = scalars_series_summary(result, SCALARS)
+    distill = ("" if result["logit_weight"] is None else
+               f", logit replay weight {result['logit_weight']:g} recorded at {result['logit_record']}")
     out["summary"] = [
         (f"split-digits {setting}-IL, {method} (update={update}, lr={result['lr']:.3g}, "
         f"{f'replay buffer {buffer_size}' if result['uses_buffer'] else 'no replay'}, "
-        f"consolidation={result['consolidation'] or 'none'}): {result['steps']} steps in {result['seconds']:.1f}s"),
+        f"consolidation={result['consolidation'] or 'none'}{distill}): {result['steps']} steps in "
+        f"{result['seconds']:.1f}s"),
         _metrics_line(out),
         "R (rows: after task i; columns: accuracy on task j): "
         + " | ".join(" ".join(f"{v:.2f}" for v in row) for row in result["R"]),
