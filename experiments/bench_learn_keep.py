@@ -52,6 +52,7 @@ METHODS = {  # name -> Learner settings (+ "memory": protection settings, "ancho
     "sparse-specificity-sgd": {"update": "sparse", "selector": "specificity", "optimizer": "sgd"},
     "sparse-specificity-protect": {"update": "sparse", "selector": "specificity",
                                    "memory": {"budget": 0.4, "half_life_steps": 1000}},
+    "sparse-topk-sgd-anchors": {"update": "sparse", "selector": "topk", "optimizer": "sgd", "anchors": ANCHORS},
     "sparse-topk-anchors512": {"update": "sparse", "selector": "topk", "anchors": {**ANCHORS, "turns": 512}},
     "lora": {"update": "lora"},
     "lora-anchors": {"update": "lora", "anchors": ANCHORS},
