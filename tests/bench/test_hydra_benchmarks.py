@@ -90,6 +90,7 @@ def test_multirun_then_report_has_one_row_per_learner_and_memory(tmp_path, capsy
     ("sparse", "none", "naive"), ("sparse", "replay", "replay"), ("sparse", "consolidate", "consolidation"),
     ("lora", "none", "lora"), ("lora", "replay", "lora+replay"), ("lora", "consolidate", "lora+replay+ewc"),
     ("full", "none", "full"), ("full", "replay", "full+replay"), ("full", "consolidate", "full+replay+ewc"),
+    ("sparse", "anchors", "anchors"),
 ])
 def test_learner_and_memory_groups_map_to_methods(learner, memory, method):
     cfg = compose_with("experiment=split_digits", f"learner={learner}", f"memory={memory}")
