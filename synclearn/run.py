@@ -44,8 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     if not CONF_DIR.is_dir():
         raise SystemExit(f"config directory {CONF_DIR} not found: synclearn run needs the source checkout "
                          "(pip install -e .)")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in ("-m", "--multirun") or a.startswith("-") for a in args):
+        # a single run: compose its config first, so a mistake is one line (a UsageError), not Hydra's report
+        from synclearn.chat.compose import compose_app
+
+        compose_app([a for a in args if not a.startswith(("hydra.", "hydra/", "+hydra"))], "config")
     saved = sys.argv
-    sys.argv = ["synclearn run", *(sys.argv[1:] if argv is None else argv)]
+    sys.argv = ["synclearn run", *args]
     try:
         hydra_main()
     finally:

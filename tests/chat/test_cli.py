@@ -75,6 +75,14 @@ def test_mistakes_end_in_one_line_and_exit_code_2(argv, message, tmp_path, capsy
     assert err.count("\n") == 1 and err.startswith(f"synclearn {argv[0]}: error: ") and message in err, err
 
 
+@pytest.mark.parametrize("override,message", [("learner.bogus=1", "Could not override 'learner.bogus'"),
+                                              ("memory=vibes", "Could not find 'memory/vibes'")])
+def test_a_run_mistake_is_one_line_and_exit_code_2(override, message, capsys):
+    assert cli_main(["run", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("synclearn run: error: ") and message in err, err
+
+
 def test_a_busy_port_is_one_line(tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
