@@ -138,7 +138,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def plot(summary: list[dict], path: Path) -> None:
+def plot(summary: list[dict], path: Path, y: str = "chat_nll_change") -> None:
+    """Recall (x) against the change of ``y`` (held-out chat NLL by default; lower keeps more)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,17 +151,47 @@ def plot(summary: list[dict], path: Path) -> None:
         if not pts:
             continue
         x = [100 * s["recall_same"] for s in pts]
-        y = [100 * s["text_nll_change"] for s in pts]
-        ax.errorbar(x, y, xerr=[100 * s["recall_same_std"] for s in pts], yerr=[100 * s["text_nll_change_std"] for s in pts],
+        ys = [100 * s[y] for s in pts]
+        ax.errorbar(x, ys, xerr=[100 * s["recall_same_std"] for s in pts], yerr=[100 * s[y + "_std"] for s in pts],
                     marker="o", capsize=3, label=method)
     ax.axhline(2.0, color="grey", ls=":", lw=1)
     ax.set_xlabel("recall of taught facts, teaching question (%)")
-    ax.set_ylabel("held-out text NLL change vs base (%, lower keeps more)")
+    ax.set_ylabel(f"held-out {y.split('_')[0]} NLL change vs base (%, lower keeps more)")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylim(bottom=-5)
     ax.set_title("Learn vs keep at matched learning effort")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def print_table(summary: list[dict]) -> None:
+    print(f"\n{'method':28s} {'lr':>5s} {'recall':>8s} {'other':>8s} {'text NLL':>9s} {'chat NLL':>9s} "
+          f"{'format':>7s} {'local':>6s} {'free':>5s}")
+    for s in summary:
+        print(f"{s['method']:28s} x{s['lr_scale']:<4} {100 * s['recall_same']:7.0f}% {100 * s['recall_other']:7.0f}% "
+              f"{100 * s['text_nll_change']:+8.1f}% {100 * s['chat_nll_change']:+8.1f}% {s['format_vs_base']:6.2f}x "
+              f"{100 * s['locality']:5.0f}% {s['free_share_min']:5.2f}")
+
+
+def merge(paths: list[Path], out: Path) -> int:
+    """One table, JSON and plot from several runs (each a learn_keep.json) of the same settings."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("facts", "repeats", "replay", "neuron_fraction", "base", "quick")
+    settings = [{k: r["args"].get(k) for k in keys} for r in runs]
+    if any(s != settings[0] for s in settings):
+        raise SystemExit(f"--merge: runs with different settings cannot share a table: {settings}")
+    rows = [row for r in runs for row in r["rows"]]
+    summary = summarize(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learn_keep.json").write_text(json.dumps({"args": settings[0], "merged": [str(p) for p in paths],
+                                                     "commands": [r["args"] for r in runs], "rows": rows,
+                                                     "summary": summary}, indent=2))
+    plot(summary, out / "learn_keep.png", y="chat_nll_change")
+    print_table(summary)
+    print(f"wrote {out / 'learn_keep.json'} and {out / 'learn_keep.png'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", type=int, default=3, help="earlier facts replayed in each batch")
     parser.add_argument("--neuron-fraction", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=ROOT / "out")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="merge earlier runs' learn_keep.json (same base and settings, other methods or lr "
+                             "scales) into one table, JSON and plot under --out; runs nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     args.facts = args.facts or (12 if args.quick else 40)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.lr_scales = args.lr_scales or ([1.0] if args.quick else [0.5, 1.0, 2.0])
@@ -208,13 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "learn_keep.json").write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v
                                                                      for k, v in vars(args).items()},
                                                             "rows": rows, "summary": summary}, indent=2))
-    plot(summary, args.out / "learn_keep.png")
-    print(f"\n{'method':28s} {'lr':>5s} {'recall':>8s} {'other':>8s} {'text NLL':>9s} {'chat NLL':>9s} "
-          f"{'format':>7s} {'local':>6s} {'free':>5s}")
-    for s in summary:
-        print(f"{s['method']:28s} x{s['lr_scale']:<4} {100 * s['recall_same']:7.0f}% {100 * s['recall_other']:7.0f}% "
-              f"{100 * s['text_nll_change']:+8.1f}% {100 * s['chat_nll_change']:+8.1f}% {s['format_vs_base']:6.2f}x "
-              f"{100 * s['locality']:5.0f}% {s['free_share_min']:5.2f}")
+    plot(summary, args.out / "learn_keep.png", y="chat_nll_change")
+    print_table(summary)
     print(f"wrote {args.out / 'learn_keep.json'} and {args.out / 'learn_keep.png'}")
     return 0
 
