@@ -109,10 +109,10 @@ class AnchorSet:
             raise ValueError(f"per_step={per_step!r} (expected an integer in [0, {len(tokens)}], the anchors held)")
         if not weight >= 0:
             raise ValueError(f"weight={weight!r} (expected >= 0)")
-        self.tokens = [list(map(int, t)) for t in tokens]
-        self.counted, self.idx, self.logp = list(counted), list(idx), list(logp)
         if not 0 <= near_share <= 1:
             raise ValueError(f"near_share={near_share!r} (expected 0 <= near_share <= 1)")
+        self.tokens = [list(map(int, t)) for t in tokens]
+        self.counted, self.idx, self.logp = list(counted), list(idx), list(logp)
         self.per_step, self.weight, self.seed, self.near_share = per_step, float(weight), int(seed), float(near_share)
         # what an anchor is "about": its prompt (the tokens before its first counted target), or all of a text
         self._keys = []
