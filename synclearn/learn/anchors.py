@@ -64,6 +64,13 @@ def anchor_turns(n: int, seed: int = 0, *, text_share: float = 0.25, smalltalk_s
     return items
 
 
+def coarsened(top: Tensor) -> Tensor:
+    """Log-probabilities of the ``k`` recorded tokens [..., k] -> [..., k + 1]: those, then the log of
+    the mass of every other token (the "rest" bucket)."""
+    rest = torch.log1p(-top.exp().sum(-1).clamp(max=1.0 - 1e-6))
+    return torch.cat([top, rest[..., None]], -1)
+
+
 @dataclass
 class AnchorRows:
     """The anchor part of a batch: batch rows ``rows`` [A] hold anchors; per row and target
@@ -79,9 +86,7 @@ class AnchorRows:
     def kl(self, logits: Tensor) -> Tensor:
         """Mean coarsened KL(recorded || now) over the counted positions; ``logits`` [B, T, V]."""
         lp = logits[self.rows].float().log_softmax(-1)  # [A, T, V]
-        top = lp.gather(-1, self.idx)  # [A, T, k]
-        rest = torch.log1p(-top.exp().sum(-1).clamp(max=1.0 - 1e-6))  # log of the other tokens' mass
-        now = torch.cat([top, rest[..., None]], -1)
+        now = coarsened(lp.gather(-1, self.idx))  # [A, T, k + 1]
         then = self.logp
         kl = (then.exp() * (then - now)).sum(-1)  # [A, T]
         return (kl * self.counted).sum() / self.counted.sum().clamp(min=1)
@@ -105,12 +110,10 @@ class AnchorSet:
                  seed: int = 0) -> None:
         if not tokens:
             raise ValueError("an AnchorSet needs at least one anchor")
-        if isinstance(per_step, bool) or not isinstance(per_step, int) or not 0 <= per_step <= len(tokens):
-            raise ValueError(f"per_step={per_step!r} (expected an integer in [0, {len(tokens)}], the anchors held)")
-        if not weight >= 0:
-            raise ValueError(f"weight={weight!r} (expected >= 0)")
-        if not 0 <= near_share <= 1:
-            raise ValueError(f"near_share={near_share!r} (expected 0 <= near_share <= 1)")
+        errors = anchor_settings_errors({"turns": len(tokens), "per_step": per_step, "weight": weight,
+                                         "near_share": near_share})
+        if errors:
+            raise ValueError("invalid AnchorSet settings: " + "; ".join(errors))
         self.tokens = [list(map(int, t)) for t in tokens]
         self.counted, self.idx, self.logp = list(counted), list(idx), list(logp)
         self.per_step, self.weight, self.seed, self.near_share = per_step, float(weight), int(seed), float(near_share)
@@ -133,8 +136,9 @@ class AnchorSet:
         """Record ``model``'s predictions on ``items`` (``{"prompt", "response"}`` turns, whose
         reply tokens count, or plain strings, whose every token after the first counts), under
         its read lock. Each item keeps its last ``max_len`` tokens."""
-        if not 1 <= top_k:
-            raise ValueError(f"top_k={top_k!r} (expected >= 1)")
+        errors = anchor_settings_errors({"top_k": top_k})
+        if errors:
+            raise ValueError("invalid AnchorSet settings: " + "; ".join(errors))
         tok = model.tokenizer
         tokens, counted, idx, logp = [], [], [], []
         with guard_for(model).read():
@@ -151,11 +155,10 @@ class AnchorSet:
                 x = torch.tensor([ids[:-1]], dtype=torch.long, device=model.device)
                 lp = model(x).float().log_softmax(-1)[0]  # [n - 1, V]
                 top, where = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
-                rest = torch.log1p(-top.exp().sum(-1).clamp(max=1.0 - 1e-6))
                 tokens.append(ids)
                 counted.append(torch.tensor(flags))
                 idx.append(where.cpu())
-                logp.append(torch.cat([top, rest[:, None]], -1).cpu())
+                logp.append(coarsened(top).cpu())
         return cls(tokens, counted, idx, logp, **options)
 
     def draw(self, step: int, near: Sequence[Sequence[int]] = ()) -> list[dict[str, int]]:
