@@ -105,6 +105,8 @@ class AttachOptions(Options):
                                               "this (null: only new_repeats)", ge=0)
     min_gain: float | None = option(0.1, "... or once a step lowered its loss by less than this share "
                                          "(null: never)", ge=0, le=1)
+    until_reproduced: bool = option(False, "a new turn counts as learned early once the model reproduces it "
+                                           "(greedy, teacher-forced) instead of by learned_loss")
     idle_replay: bool = option(False, "keep learning from replay alone when nothing is new")
     learn_threads: int = option(1, "torch intra-op threads of the learner thread (CPU)", ge=1, le=1024)
     idle_only: bool = option(True, "start steps only while no request is in flight")
@@ -121,7 +123,8 @@ class AttachOptions(Options):
 
 # the fields a memory setup decides (what is replayed and rehearsed), the rest how learning
 # shares the device with serving
-REHEARSAL_FIELDS = ("batch_size", "replay_ratio", "new_repeats", "learned_loss", "min_gain", "consolidate_every")
+REHEARSAL_FIELDS = ("batch_size", "replay_ratio", "new_repeats", "learned_loss", "min_gain", "until_reproduced",
+                    "consolidate_every")
 GOVERNOR_FIELDS = tuple(name for name in AttachOptions.field_names() if name not in REHEARSAL_FIELDS)
 
 UPDATE_RULES = ("sparse", "lora", "full")

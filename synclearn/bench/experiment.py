@@ -73,7 +73,8 @@ class MemorySetup:
         journal: keep a step journal (exact forgetting) in the output directory.
         new_repeats: at most this many steps train each new turn (each with fresh replay)
             before it counts as learned; ``learned_loss`` ends that early once its loss is below
-            it, ``min_gain`` once a step lowered its loss by less than this share.
+            it, ``min_gain`` once a step lowered its loss by less than this share;
+            ``until_reproduced``: early once the model reproduces it, instead of by ``learned_loss``.
     """
 
     replay_ratio: float = _ATTACH.replay_ratio
@@ -85,6 +86,7 @@ class MemorySetup:
     new_repeats: int = _ATTACH.new_repeats
     learned_loss: float | None = _ATTACH.learned_loss
     min_gain: float | None = _ATTACH.min_gain
+    until_reproduced: bool = _ATTACH.until_reproduced
 
     def __post_init__(self) -> None:
         try:  # the checks of these fields are AttachOptions'
@@ -117,7 +119,7 @@ class MemorySetup:
 
         return ReplayBatchBuilder(log, self.policy, replay_ratio=self.replay_ratio, batch_size=self.batch_size,
                                   seed=seed, new_repeats=self.new_repeats, learned_loss=self.learned_loss,
-                                  min_gain=self.min_gain)
+                                  min_gain=self.min_gain, until_reproduced=self.until_reproduced)
 
 
 # the serve group builds ServeOptions (the name benchmarks used before it moved to synclearn.options)

@@ -35,7 +35,8 @@ class Batch:
 
     Every batch the Learner takes has ``inputs`` (what the model is called on), ``mask``
     (which positions count when recording activations; None = all), ``weights``, ``ids``,
-    ``tokens`` and ``loss(logits) -> (loss, per-example loss)``; :class:`LabelBatch` is the
+    ``tokens``, ``loss(logits) -> (loss, per-example loss)`` and ``reproduced(logits)`` (per
+    example: does the model already give the target); :class:`LabelBatch` is the
     classification counterpart.
     """
 
@@ -52,6 +53,12 @@ class Batch:
 
     def loss(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         return masked_loss(logits, self)
+
+    def reproduced(self, logits: Tensor) -> Tensor:
+        """[B] bool: every response token of the example is the model's most likely next token
+        (teacher-forced), i.e. greedy decoding of its prompt reproduces its response."""
+        hit = (logits.detach().argmax(-1) == self.targets) | (self.mask == 0)
+        return hit.all(1)
 
 
 @dataclass
@@ -89,6 +96,13 @@ class LabelBatch:
         if denom <= 0:
             raise LearnerInputError("the batch has no weighted examples (all weights are 0)")
         return (ce * self.weights).sum() / denom, ce.detach()
+
+    def reproduced(self, logits: Tensor) -> Tensor:
+        """[B] bool: the example's label is the top logit (among the allowed classes)."""
+        logits = logits.detach()
+        if self.allowed is not None:
+            logits = logits.masked_fill(~self.allowed.to(logits.device), float("-inf"))
+        return logits.argmax(-1) == self.labels
 
 
 def encode_example(tokenizer: Any, example: Any, index: int) -> tuple[list[int], list[float], float, int | None]:

@@ -62,6 +62,8 @@ class StepResult:
         scratch_bytes: memory the step allocated for learning and freed after it: gathered
             slices and their gradients (sparse), or the gradients (lora/full).
         example_losses: each example's mean loss over its response tokens (before the update).
+        example_reproduced: per example, whether the model already gave its target before the
+            update (every response token its most likely one: greedy decoding reproduces it).
     """
 
     loss: float | None
@@ -76,6 +78,7 @@ class StepResult:
     seconds: float = 0.0
     scratch_bytes: int = 0
     example_losses: list[float] = field(default_factory=list)
+    example_reproduced: list[bool] = field(default_factory=list)
 
 
 class Learner(LearnerControls, AsideWork):
@@ -358,7 +361,8 @@ class Learner(LearnerControls, AsideWork):
             self._sync_device()
         self.committed_steps += 1
         result = StepResult(float(loss.detach()), version, plan.touched, plan.neurons, grad_norm=norm,
-                            scratch_bytes=plan.scratch_bytes, example_losses=forward.per_example.tolist())
+                            scratch_bytes=plan.scratch_bytes, example_losses=forward.per_example.tolist(),
+                            example_reproduced=[] if forward.reproduced is None else forward.reproduced.tolist())
         return result, undo, plan.grads
 
     def undo(self, undo: dict) -> None:

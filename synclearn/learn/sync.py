@@ -83,7 +83,7 @@ class LearnerHandle:
                  batch_size: int = _DEFAULT.batch_size, replay_ratio: float = _DEFAULT.replay_ratio,
                  seed: int | None = _DEFAULT.seed, new_repeats: int = _DEFAULT.new_repeats,
                  learned_loss: float | None = _DEFAULT.learned_loss, min_gain: float | None = _DEFAULT.min_gain,
-                 learn_threads: int = _DEFAULT.learn_threads, idle_only: bool = _DEFAULT.idle_only,
+                 until_reproduced: bool = _DEFAULT.until_reproduced, learn_threads: int = _DEFAULT.learn_threads, idle_only: bool = _DEFAULT.idle_only,
                  max_defer_s: float = _DEFAULT.max_defer_s, idle_replay: bool = _DEFAULT.idle_replay,
                  poll_s: float = _DEFAULT.poll_s, on_error: str = _DEFAULT.on_error,
                  max_steps: int | None = _DEFAULT.max_steps, consolidate_every: int = _DEFAULT.consolidate_every,
@@ -103,7 +103,8 @@ class LearnerHandle:
         self.learner, self.session, self.log = learner, session, log
         self.builder = ReplayBatchBuilder(log, policy, replay_ratio=replay_ratio, batch_size=batch_size,
                                           seed=learner.seed if seed is None else seed, new_repeats=new_repeats,
-                                          learned_loss=learned_loss, min_gain=min_gain)
+                                          learned_loss=learned_loss, min_gain=min_gain,
+                                          until_reproduced=until_reproduced)
         self.learn_threads, self.idle_only, self.max_defer_s = learn_threads, idle_only, max_defer_s
         self.idle_replay, self.poll_s, self.on_error, self.max_steps = idle_replay, poll_s, on_error, max_steps
         self.consolidation, self.consolidate_every = consolidation, max(1, consolidate_every)
@@ -267,10 +268,11 @@ class LearnerHandle:
             self.builder.reject(batch, result.reason)
             self._update(skipped=1, error=f"step skipped: {result.reason}", learning_s=time.perf_counter() - t1)
             return "skipped"
-        losses = None
+        losses = reproduced = None
         if len(learnable) == len(batch) and len(result.example_losses) == len(batch) + len(extra):
             losses = result.example_losses[: len(batch)]  # the anchors come last
-        self.builder.commit(batch, losses, now=now)
+            reproduced = result.example_reproduced[: len(batch)] or None
+        self.builder.commit(batch, losses, now=now, reproduced=reproduced)
         if self.consolidation is not None:
             self.consolidation.observe(learnable)
             if (self._status["steps"] + 1) % self.consolidate_every == 0:

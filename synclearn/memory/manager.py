@@ -52,7 +52,8 @@ class MemoryManager:
         batch_size: examples per learning step.
         new_repeats, learned_loss, min_gain: rehearsal: a new turn is trained in up to
             ``new_repeats`` steps, until its loss is below ``learned_loss`` or a step lowered
-            it by less than ``min_gain`` (:class:`~synclearn.memory.ReplayBatchBuilder`).
+            it by less than ``min_gain`` (:class:`~synclearn.memory.ReplayBatchBuilder`);
+            ``until_reproduced``: early once the model reproduces it, instead of by ``learned_loss``.
         protection: :class:`~synclearn.memory.protection.NeuronProtection` settings (budget,
             half_life_steps, floor, per_item, max_items) for sparse learners, or None (none).
         background: "base" (statistics saved beside the base model, computed on first use) or
@@ -71,7 +72,7 @@ class MemoryManager:
     """
 
     def __init__(self, *, replay_ratio: float = 0.75, batch_size: int = 8, new_repeats: int = 12,
-                 learned_loss: float | None = 0.02, min_gain: float | None = 0.1,
+                 learned_loss: float | None = 0.02, min_gain: float | None = 0.1, until_reproduced: bool = False,
                  protection: dict[str, Any] | None = None, anchors: dict[str, Any] | None = None,
                  background: str = "base",
                  background_tokens: int = 65_536, background_horizon: float = 262_144, observe_traffic: bool = True,
@@ -100,6 +101,7 @@ class MemoryManager:
             raise ValueError("invalid MemoryManager settings: " + "; ".join(bad))
         self.replay_ratio, self.batch_size = float(replay_ratio), batch_size
         self.new_repeats, self.learned_loss, self.min_gain = new_repeats, learned_loss, min_gain
+        self.until_reproduced = bool(until_reproduced)
         self.protection_settings = dict(protection) if protection is not None else None
         self.anchor_settings = anchors
         self.background_source, self.background_tokens = background, background_tokens
@@ -181,7 +183,8 @@ class MemoryManager:
             raise RuntimeError("MemoryManager.bind(learner, policy) must run before attach_options()")
         return {"batch_size": self.batch_size, "replay_ratio": self.replay_ratio, "policy": self.policy,
                 "consolidation": self.consolidator, "consolidate_every": self.consolidate_every,
-                "new_repeats": self.new_repeats, "learned_loss": self.learned_loss, "min_gain": self.min_gain}
+                "new_repeats": self.new_repeats, "learned_loss": self.learned_loss, "min_gain": self.min_gain,
+                "until_reproduced": self.until_reproduced}
 
     def builder(self, log: Any, seed: int = 0):
         """A :class:`~synclearn.memory.ReplayBatchBuilder` with these settings."""
@@ -189,7 +192,7 @@ class MemoryManager:
 
         return ReplayBatchBuilder(log, self.policy, replay_ratio=self.replay_ratio, batch_size=self.batch_size,
                                   seed=seed, new_repeats=self.new_repeats, learned_loss=self.learned_loss,
-                                  min_gain=self.min_gain)
+                                  min_gain=self.min_gain, until_reproduced=self.until_reproduced)
 
     # -- fading and forgetting -------------------------------------------------------------------
     def fade(self, now: float | None = None) -> list[int]:

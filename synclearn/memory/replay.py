@@ -252,7 +252,10 @@ class ReplayBatchBuilder:
     below ``learned_loss``, or once a step lowered its loss by less than ``min_gain`` (a share
     of the previous loss: the row has stopped improving): a lesson is rehearsed until it has
     been taken in, as a person repeats a new name a few times, and what cannot be learned
-    quickly does not hold up the rest.
+    quickly does not hold up the rest. With ``until_reproduced`` the early end is instead the
+    model reproducing the row (``commit``'s ``reproduced``: every response token its most
+    likely next token before the step, so its greedy reply is the response); a mean loss can be
+    low while the one token that carries the fact is still wrong.
 
     Args:
         log: The interaction log.
@@ -269,6 +272,8 @@ class ReplayBatchBuilder:
             since its previous batch (None: no plateau rule).
         max_attempts: Rejected batches (failed or skipped steps, see ``reject``) a new row may be
             in, alone, before it is set aside unlearned.
+        until_reproduced: A new row counts as learned early once the model reproduces it
+            (instead of by ``learned_loss``); ``min_gain`` still ends a row that stopped improving.
     """
 
     def __init__(
@@ -284,6 +289,7 @@ class ReplayBatchBuilder:
         learned_loss: float | None = None,
         min_gain: float | None = None,
         max_attempts: int = 3,
+        until_reproduced: bool = False,
     ) -> None:
         if not 0.0 <= replay_ratio <= 1.0:
             raise ValueError(f"replay_ratio must be in [0, 1], got {replay_ratio!r}")
@@ -298,6 +304,7 @@ class ReplayBatchBuilder:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be a positive int, got {max_attempts!r}")
         self.new_repeats, self.learned_loss, self.min_gain = new_repeats, learned_loss, min_gain
+        self.until_reproduced = bool(until_reproduced)
         self._repeats: dict[int, tuple[int, float]] = {}  # new row id -> (batches so far, last loss)
         self.log, self.policy = log, policy
         self.replay_ratio, self.batch_size, self.seed = float(replay_ratio), batch_size, int(seed)
@@ -358,12 +365,14 @@ class ReplayBatchBuilder:
         return {"id": row["id"], "prompt": row["prompt"], "response": correction or row["response"]}
 
     def commit(self, batch: Sequence[Mapping[str, Any]], losses: Sequence[float] | None = None,
-               now: float | None = None) -> None:  # fmt: skip
+               now: float | None = None, reproduced: Sequence[bool] | None = None) -> None:  # fmt: skip
         """Records that ``batch`` (the last ``next_batch``) was trained on.
 
-        New rows are marked learned (once trained ``new_repeats`` times, or below
-        ``learned_loss``), replayed rows get a replay (count, strength),
-        and per-example ``losses``, if given, are stored. Advances the step.
+        New rows are marked learned (once trained ``new_repeats`` times, below ``learned_loss``,
+        stalled by ``min_gain``, or, with ``until_reproduced``, reproduced: ``reproduced[k]``,
+        measured before the step, e.g. :attr:`~synclearn.learn.StepResult.example_reproduced`),
+        replayed rows get a replay (count, strength), and per-example ``losses``, if given, are
+        stored. Advances the step.
         """
         ids = [int(e["id"]) for e in batch]
         if self._pending is None or ids != self._pending[0] + self._pending[1]:
@@ -377,7 +386,10 @@ class ReplayBatchBuilder:
             self._failures.pop(rid, None)
             count, last = self._repeats.pop(rid, (0, math.inf))
             loss = float(losses[k]) if losses is not None else math.nan
-            learned = loss < self.learned_loss if self.learned_loss is not None else False
+            if self.until_reproduced:
+                learned = reproduced is not None and bool(reproduced[k])
+            else:
+                learned = loss < self.learned_loss if self.learned_loss is not None else False
             stalled = self.min_gain is not None and loss > last * (1.0 - self.min_gain)
             if count + 1 >= self.new_repeats or learned or stalled:
                 done.append(rid)

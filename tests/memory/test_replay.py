@@ -280,6 +280,25 @@ def test_a_new_row_whose_loss_stopped_falling_is_learned(tmp_path):
         assert log.ids(learned=False) == [ids[2]] and builder._repeats[ids[2]] == (3, 0.3)
 
 
+def test_until_reproduced_ends_a_rows_rehearsal_only_when_the_model_reproduces_it(tmp_path):
+    with InteractionLog(tmp_path / "log.db") as log:
+        ids = _fill(log, 4, learned=2)
+        builder = ReplayBatchBuilder(log, uniform, replay_ratio=0.5, batch_size=4, new_repeats=3,
+                                     learned_loss=0.5, until_reproduced=True)
+        # row 2: a low loss, not reproduced -> still new; reproduced at its second batch -> learned.
+        # row 3: never reproduced -> learned at the cap (third batch)
+        for step, flags in enumerate([[False, False], [True, False], [False]]):
+            batch = builder.next_batch(now=10.0 + step)
+            builder.commit(batch, losses=[0.01] * len(batch), now=10.0 + step,
+                           reproduced=flags + [True] * (len(batch) - len(flags)))
+            assert log.ids(learned=False) == [[ids[2], ids[3]], [ids[3]], []][step]
+        # without the flags (e.g. a step whose per-example results were not kept) only the cap ends it
+        ids = [log.append(session_id="s", prompt="p", response="r")]
+        for step in range(3):
+            builder.commit(builder.next_batch(now=20.0 + step), now=20.0 + step)
+            assert (log.ids(learned=False) == ids) == (step < 2)
+
+
 def test_builder_rejects_bad_settings(tmp_path):
     with InteractionLog(tmp_path / "log.db") as log:
         with pytest.raises(ValueError, match="replay_ratio"):

@@ -110,12 +110,14 @@ class NeuronControls:
 @dataclass
 class Forward:
     """One step's forward pass: ``loss`` (scalar, with grad), ``per_example`` [B] (detached),
-    ``leaves``: what to differentiate, ``context``: rule-specific (e.g. the gathered slices)."""
+    ``leaves``: what to differentiate, ``context``: rule-specific (e.g. the gathered slices),
+    ``reproduced`` [B] bool (``Batch.reproduced``: the model already gives the example's target)."""
 
     loss: Tensor
     per_example: Tensor
     leaves: list[Tensor]
     context: Any = None
+    reproduced: Tensor | None = None
 
 
 @dataclass

@@ -55,8 +55,9 @@ class DenseUpdate(UpdateRule):
 
     # -- the step ----------------------------------------------------------------------------------
     def forward(self, batch: Any, step_index: int) -> Forward | str:
-        loss, per_example = batch.loss(self.model(batch.inputs))
-        return Forward(loss, per_example, list(self.params))
+        logits = self.model(batch.inputs)
+        loss, per_example = batch.loss(logits)
+        return Forward(loss, per_example, list(self.params), reproduced=batch.reproduced(logits))
 
     def plan(self, forward: Forward, grads: list[Tensor]) -> Plan | str:
         return Plan({}, {}, {}, sum(g.nbytes for g in grads), grads)

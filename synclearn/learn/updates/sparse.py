@@ -92,9 +92,10 @@ class SparseRowUpdate(UpdateRule):
         slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items()}
         overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
         with neuron_context(overrides=overrides):  # frozen layers below the lowest plastic one: from the trace pass
-            loss, per_example = batch.loss(resumed_forward(self.model, batch.inputs, traced))
+            logits = resumed_forward(self.model, batch.inputs, traced)
+            loss, per_example = batch.loss(logits)
         leaves = [leaf for sl in slices.values() for leaf in sl.leaves]
-        return Forward(loss, per_example, leaves, slices)
+        return Forward(loss, per_example, leaves, slices, reproduced=batch.reproduced(logits))
 
     def plan(self, forward: Forward, grads: list[Tensor]) -> Plan | str:
         slices = forward.context
