@@ -89,8 +89,7 @@ def teach(model, settings: dict, facts, forms, *, repeats: int, replay: int, lr_
             earlier = rng.sample(examples[:i], min(replay, i))
             extra = []
             if learner.anchors is not None:
-                near = [model.tokenizer.encode(e["prompt"]) for e in (ex, *earlier)]
-                extra = learner.anchors.draw(learner.committed_steps, near=near)
+                extra = learner.anchors.draw_for(learner.committed_steps, [ex, *earlier], model.tokenizer)
             learner.step([ex, *earlier, *extra])
     return learner
 

@@ -177,6 +177,10 @@ class AnchorSet:
         chosen += rng.sample(rest, self.per_step - len(chosen))
         return [{"anchor": k} for k in sorted(chosen)]
 
+    def draw_for(self, step: int, examples: Sequence[dict], tokenizer: Any) -> list[dict[str, int]]:
+        """:meth:`draw` near the prompts of ``examples`` (``{"prompt", ...}`` dicts)."""
+        return self.draw(step, near=[tokenizer.encode(ex["prompt"]) for ex in examples])
+
     def encode(self, k: int, max_seq_len: int) -> tuple[list[int], Tensor, Tensor, Tensor]:
         """(token ids, counted [n - 1], idx [n - 1, k], logp [n - 1, k + 1]) of anchor ``k``, its
         last ``max_seq_len + 1`` tokens."""

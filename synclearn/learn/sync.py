@@ -255,8 +255,7 @@ class LearnerHandle:
         anchors = self.learner.anchors
         extra = []
         if anchors is not None and anchors.per_step:  # the base's predictions, most of all on inputs like these
-            tok = self.learner.model.tokenizer
-            extra = anchors.draw(self.builder.step, near=[tok.encode(ex["prompt"]) for ex in learnable])
+            extra = anchors.draw_for(self.builder.step, learnable, self.learner.model.tokenizer)
         try:
             result = self.learner.step(learnable + extra)
         except Exception as err:
