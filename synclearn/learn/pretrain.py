@@ -207,10 +207,30 @@ def pretrained_model(name: str = "mcsd-chat", *, cache_dir: str | None = None, f
     finally:
         torch.set_num_threads(saved)
     model = load_model(path)
+    meta = json.loads((path / META_FILE).read_text())
+    if "predictor_recall" not in meta:  # cached before pretraining fitted the predictors: fit them once now
+        model, meta = _fit_cached_predictors(model, config, path)
     model.name = display_name(config)
-    model.pretrain_info = {**json.loads((path / META_FILE).read_text()), "name": model.name, "path": str(path),
-                           "trained_now": trained_now}
+    model.pretrain_info = {**meta, "name": model.name, "path": str(path), "trained_now": trained_now}
     return model
+
+
+def _fit_cached_predictors(model: Any, config: PretrainConfig, path: Path) -> tuple[Any, dict]:
+    """Fit the sparse-decode predictors of a cache entry written before pretraining fitted them
+    (only predictor weights change), under the entry's lock; files are replaced whole."""
+    from synclearn.durable import atomic_write
+    from synclearn.learn.pretrain_fabric import fit_base_predictors
+    from synclearn.model.checkpoint import save_model
+
+    with open(path.parent / f".{config.key()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        meta = json.loads((path / META_FILE).read_text())
+        if "predictor_recall" in meta:  # another process did it meanwhile
+            return load_model(path), meta
+        meta["predictor_recall"] = fit_base_predictors(model, config)
+        save_model(model, path)  # each file replaced whole
+        atomic_write(path / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))  # last
+    return model, meta
 
 
 def ensure_pretrained(config: PretrainConfig, *, cache_dir: str | os.PathLike | None = None, force: bool = False,

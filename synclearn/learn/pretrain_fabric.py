@@ -173,6 +173,7 @@ def main(fabric: Any, config: Any, out_dir: Path, *, progress: bool = True) -> d
         state = torch.load(out_dir / "fabric.ckpt", map_location="cpu", weights_only=True)["model"]
         plain = build_model(model_config)
         plain.load_state_dict(state)
+        predictor_recall = fit_base_predictors(plain, config)  # after training: the base ships them fitted
         save_model(plain, out_dir)
         n = max(1, len(losses) // 20)
         meta = {"key": config.key(), "config": dataclasses.asdict(config), "model": model_config.to_dict(),
@@ -180,11 +181,33 @@ def main(fabric: Any, config: Any, out_dir: Path, *, progress: bool = True) -> d
                 "world_size": fabric.world_size, "strategy": type(fabric.strategy).__name__,
                 "tokens": config.steps * per_step * config.seq_len, "first_loss": sum(losses[:n]) / n,
                 "last_loss": sum(losses[-n:]) / n, "losses": losses[:: max(1, len(losses) // 200)],
-                "data_version": DATA_VERSION, "created_at": time.time()}
+                "data_version": DATA_VERSION, "created_at": time.time(), "predictor_recall": predictor_recall}
         assert (out_dir / CONFIG_FILE).is_file() and (out_dir / WEIGHTS_FILE).is_file()
         (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
     fabric.barrier()
     return meta
+
+
+PREDICTOR_WINDOWS = 32  # pretraining-mix windows the predictors are fitted on (x seq_len tokens)
+
+
+def fit_base_predictors(model: Any, config: Any) -> dict[str, float]:
+    """Fit the sparse-decode predictors of a pretrained base (:func:`~synclearn.model.fit_predictors`)
+    on windows of its own pretraining mix (a stream seeded apart from the training one); only the
+    predictors change, so dense outputs stay the same. Returns layer -> top-10% recall (as str keys,
+    for ``pretrain.json``); {} for a model without predictors."""
+    from synclearn.data.chat_mix import chat_mix
+    from synclearn.model import fit_predictors
+
+    if not any(getattr(m, "predictor", None) is not None for m in model.modules()):
+        return {}
+    window = config.seq_len
+    data = chat_mix(PREDICTOR_WINDOWS * window, seed=config.seed + 7_919, fact_share=config.fact_share,
+                    smalltalk_share=config.smalltalk_share, world_share=config.world_share, n_world=config.n_world,
+                    recall_share=config.recall_share)[: PREDICTOR_WINDOWS * window].view(-1, window)
+    device = next(model.parameters()).device
+    batches = [data[i : i + 8].to(device) for i in range(0, len(data), 8)]
+    return {str(layer): round(r, 4) for layer, r in fit_predictors(model, batches, seed=config.seed).items()}
 
 
 def fit(fabric: Any, model: Any, optimizer: Any, data: torch.Tensor, config: Any, *,

@@ -67,6 +67,33 @@ def test_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch):
         P.pretrained_model("mcsd-chat", cache_dir=str(tmp_path / "other"), **TINY)
 
 
+def test_the_base_ships_fitted_predictors_and_an_old_entry_is_fitted_on_load(tmp_path, monkeypatch):
+    from synclearn.model.checkpoint import save_model
+
+    settings = {**TINY, "overrides": {**TINY["overrides"], "predictor_rank": 4}, "cache_dir": str(tmp_path)}
+    model = P.pretrained_model("mcsd-chat", **settings)
+    path = Path(model.pretrain_info["path"])
+    recall = model.pretrain_info["predictor_recall"]
+    assert sorted(recall) == ["0", "1"] and all(0 <= r <= 1 for r in recall.values())
+    fabric_state = torch.load(path / "fabric.ckpt", weights_only=True)["model"]
+    state = model.state_dict()
+    fitted = [n for n in state if ".predictor." in n]
+    assert fitted and all(torch.equal(state[n], fabric_state[n]) for n in state if n not in fitted)
+    assert any(not torch.equal(state[n], fabric_state[n]) for n in fitted)  # only the predictors moved
+    # an entry cached before pretraining fitted them: fitted once on load, to the same weights
+    old = load_model(path)
+    old.load_state_dict(fabric_state)
+    save_model(old, path)
+    meta = json.loads((path / "pretrain.json").read_text())
+    del meta["predictor_recall"]
+    (path / "pretrain.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(P, "pretrain", lambda *a, **k: pytest.fail("a cached config was trained again"))
+    again = P.pretrained_model("mcsd-chat", **settings)
+    assert again.pretrain_info["predictor_recall"] == recall
+    assert json.loads((path / "pretrain.json").read_text())["predictor_recall"] == recall
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), load_model(path).state_dict().values()))
+
+
 def test_training_lowers_the_loss_and_is_deterministic(tmp_path):
     settings = {**TINY, "steps": 12, "lr": 1e-2}
     a = P.pretrained_model(cache_dir=str(tmp_path / "a"), **settings)
