@@ -178,6 +178,13 @@ class ServeOptions(Options):
     top_k: int = option(0, "sample among the k likeliest tokens (0: all)", ge=0)
     top_p: float = option(1.0, "nucleus sampling mass", gt=0, le=1)
     serve_threads: int = option(0, "torch intra-op threads of the serving thread (0: leave as is)", ge=0, le=1024)
+    sparse_decode: float | None = option(None, "decode with this share of each MLP's neurons per token (MCSD "
+                                               "models; prefill stays dense; null: dense)", gt=0, le=1)
+    sparse_mode: Literal["predictor", "topk"] = option("predictor", "sparse decode's choice of neurons: the "
+                                                       "model's predictor (saves compute) or the true top-k (a "
+                                                       "reference: computes every neuron)")
+    compile_decode: bool = option(False, "run the MCSD decode step through torch.compile (needs a C++ compiler; "
+                                         "stays eager without one)")
     attach: dict[str, Any] = option(None, "how an attached learner shares the device: AttachOptions fields of "
                                           "GOVERNOR_FIELDS (the rehearsal fields come from the memory setup)",
                                     default_factory=dict)
@@ -200,14 +207,25 @@ class ServeOptions(Options):
         return dict(self.attach)
 
     def sampling(self) -> dict[str, Any]:
-        """The sampling defaults as ChatSession keywords."""
-        return {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
+        """The sampling and decoding defaults as ChatSession keywords."""
+        out = {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
+        if self.sparse_decode is not None:
+            out.update(sparse=self.sparse_decode, sparse_mode=self.sparse_mode)
+        return out
+
+    def prepare(self, model: Any) -> Any:
+        """``model`` made ready to serve like this (``compile_decode``); returns it."""
+        if self.compile_decode:
+            if not hasattr(model, "compile_decode"):
+                raise ValueError(f"compile_decode=true needs an MCSD model (got {type(model).__name__})")
+            model.compile_decode()
+        return model
 
     def session(self, model: Any, log: Any) -> Any:
         """A :class:`~synclearn.chat.ChatSession` on ``model`` logging into ``log``, sampling like this."""
         from synclearn.chat import ChatSession
 
-        return ChatSession(model, log, **self.sampling())
+        return ChatSession(self.prepare(model), log, **self.sampling())
 
 
 def _plain(value: Any) -> Any:

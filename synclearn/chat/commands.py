@@ -50,6 +50,8 @@ class Parser(argparse.ArgumentParser):
 SHORTHANDS = {"data": "data", "seed": "seed", "device": "device", "update": "learner",
               "neuron_fraction": "learner.neuron_fraction", "lr": "learner.lr", "learn": "learn",
               "max_tokens": "serve.max_new_tokens", "temperature": "serve.temperature", "top_p": "serve.top_p",
+              "sparse_decode": "serve.sparse_decode", "sparse_mode": "serve.sparse_mode",
+              "compile_decode": "serve.compile_decode",
               "checkpoint_every": "checkpoint_every_s", "log_sync": "log_sync", "system": "system",
               "host": "server.host", "port": "server.port", "api_key": "server.api_key",
               "served_name": "server.served_name", "admin_key": "server.admin_key"}
@@ -70,6 +72,12 @@ def add_runtime_args(ap: argparse.ArgumentParser) -> None:
                     help="attach the learner at start (default: no)")
     ap.add_argument("--temperature", type=float, default=S, help="sampling temperature (default 0.7)")
     ap.add_argument("--top-p", type=float, default=S, help="nucleus sampling mass (default 0.95)")
+    ap.add_argument("--sparse-decode", type=float, default=S, metavar="SHARE",
+                    help="decode with this share of each MLP's neurons, e.g. 0.1 (MCSD models; default: dense)")
+    ap.add_argument("--sparse-mode", choices=("predictor", "topk"), default=S,
+                    help="how sparse decode picks the neurons (default: predictor)")
+    ap.add_argument("--compile-decode", action=argparse.BooleanOptionalAction, default=S,
+                    help="torch.compile the decode step (needs a C++ compiler)")
     ap.add_argument("--checkpoint-every", type=float, default=S,
                     help="seconds between checkpoints while weights change (0: only on exit and save)")
     ap.add_argument("--log-sync", choices=("NORMAL", "FULL", "EXTRA"), default=S,
@@ -169,7 +177,7 @@ def serve_main(argv: list[str]) -> int:
     for field, help_ in LIMITS:
         ap.add_argument("--" + field.replace("_", "-"), type=int, default=argparse.SUPPRESS, help=help_)
     args = ap.parse_args(argv)
-    from synclearn.chat.compose import describe_checkpoint, describe_learner, short_name
+    from synclearn.chat.compose import describe_checkpoint, describe_decode, describe_learner, short_name
     from synclearn.chat.asgi import serve
     from synclearn.chat.server import ServerLimits, create_app
 
@@ -195,7 +203,8 @@ def serve_main(argv: list[str]) -> int:
 
         def ready(url: str) -> None:
             print(f"synclearn serving {name} on {url} (weight version {rt.version}) | data {rt.data_dir} | "
-                  f"{describe_learner(rt)} | {describe_checkpoint(rt)} | a checkpoint is written on shutdown "
+                  f"{describe_learner(rt)} | {describe_checkpoint(rt)} | {describe_decode(rt)} | a checkpoint is "
+                  "written on shutdown "
                   "(Ctrl-C)", flush=True)
 
         try:

@@ -149,10 +149,20 @@ def open_runtime(cfg: Any) -> Any:
                              "synclearn.options.ServeOptions")
         sampling = serve.sampling()
         attach = AttachOptions().replace(**serve.attach_options())
-        return Runtime.open(name, cfg.data, seed=cfg.seed, device=cfg.device, learner=learner,
+        rt = Runtime.open(name, cfg.data, seed=cfg.seed, device=cfg.device, learner=learner,
                             checkpoint_every_s=cfg.checkpoint_every_s, keep=cfg.keep,
                             log_synchronous=cfg.log_sync, build_model=build, memory=memory, policy=policy,
                             attach=attach, sampling=sampling)
+        try:
+            serve.prepare(rt.model)  # built or restored from a checkpoint
+            if serve.sparse_decode is not None:
+                from synclearn.model.neurons import SparseSpec
+
+                SparseSpec.share_of(rt.model, serve.sparse_decode, serve.sparse_mode)  # refused now, not per turn
+        except ValueError:
+            rt.close()
+            raise
+        return rt
     except InstantiationException as err:
         raise UsageError(" ".join(str(err.__cause__ or err).split())) from err
     except (ValueError, FileNotFoundError) as err:
@@ -173,6 +183,15 @@ def describe_checkpoint(rt: Any) -> str:
     return f"resumed from checkpoint #{m['seq']} (weight version {m['weight_version']})"
 
 
+def describe_decode(rt: Any) -> str:
+    """``decode dense``, or ``decode sparse (predictor, 10% of the neurons)``; ``, compiled`` when
+    the decode step runs through torch.compile."""
+    share, mode = rt.sampling.get("sparse"), rt.sampling.get("sparse_mode", "predictor")
+    text = "decode dense" if share is None else f"decode sparse ({mode}, {share:.0%} of the neurons)"
+    kernel = getattr(rt.model, "decode_kernel", None)
+    return text + (", compiled" if kernel is not None and kernel.compiled else "")
+
+
 def short_name(base: str) -> str:
     """A model's short name: its name, or the last part of its directory."""
     return Path(base).name if "/" in base or "\\" in base else base
@@ -180,4 +199,5 @@ def short_name(base: str) -> str:
 
 def banner(rt: Any) -> str:
     """One line: the model's short name, the data folder, the learner state, the checkpoint."""
-    return f"model {short_name(rt.base)} | data {rt.data_dir} | {describe_learner(rt)} | {describe_checkpoint(rt)}"
+    return (f"model {short_name(rt.base)} | data {rt.data_dir} | {describe_learner(rt)} | {describe_checkpoint(rt)} | "
+            f"{describe_decode(rt)}")

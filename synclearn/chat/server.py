@@ -266,7 +266,7 @@ def create_app(runtime: Runtime, *, model_name: str | None = None, api_key: str 
 
     def extra(sid: str, reply: Any) -> dict:
         return {"session_id": sid, "interaction_id": reply.interaction_id, "versions": list(reply.versions),
-                "prefilled_tokens": reply.prompt_tokens}
+                "prefilled_tokens": reply.prompt_tokens, "sparse": reply.sparse}
 
     def usage(prompt_tokens: int, reply: Any) -> dict:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": reply.completion_tokens,

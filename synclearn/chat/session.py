@@ -66,13 +66,19 @@ class ChatSession:
         session_id: the log's session id (default: a new UUID).
         system: an optional system message opening the conversation.
         sparse: decode with only ``sparse.k`` neurons per MLP (a
-            :class:`~synclearn.model.neurons.SparseSpec`; MCSD models); prefill stays dense.
+            :class:`~synclearn.model.neurons.SparseSpec`, or a share of each MLP's neurons;
+            MCSD models); prefill stays dense. Each reply says how it decoded (``Reply.sparse``).
+        sparse_mode: with a share: how the neurons are chosen ("predictor" or "topk").
         **sampling: default :class:`SamplingParams` fields (max_new_tokens, temperature, ...).
     """
 
     def __init__(self, model: Any, log: Any = None, *, session_id: str | None = None, system: str | None = None,
-                 sparse: Any = None, **sampling: Any) -> None:
+                 sparse: Any = None, sparse_mode: str = "predictor", **sampling: Any) -> None:
         self.model, self.log = model, log
+        if isinstance(sparse, (int, float)) and not isinstance(sparse, bool):
+            from synclearn.model.neurons import SparseSpec
+
+            sparse = SparseSpec.share_of(model, sparse, sparse_mode)
         self.sparse = sparse
         self.session_id = session_id or uuid.uuid4().hex
         self.system = system

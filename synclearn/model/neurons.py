@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,19 @@ class SparseSpec:
             raise ValueError(f"SparseSpec.k={self.k!r}: expected a positive integer")
         if self.mode not in ("topk", "predictor"):
             raise ValueError(f"SparseSpec.mode={self.mode!r}: expected 'topk' or 'predictor'")
+
+    @classmethod
+    def share_of(cls, model: Any, share: float, mode: SparseMode = "predictor") -> "SparseSpec":
+        """``share`` (0 < share <= 1) of each MLP's neurons of ``model`` (an MCSD model), at least one."""
+        config = getattr(model, "config", None)
+        if not hasattr(config, "d_ff") or not hasattr(model, "step"):
+            raise ValueError(f"sparse decode needs an MCSD model (got {type(model).__name__})")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise ValueError(f"sparse decode share={share!r}: expected a number in (0, 1]")
+        if mode == "predictor" and not getattr(config, "predictor_rank", 0):
+            raise ValueError("sparse decode by predictor: this model has no predictor (predictor_rank=0); "
+                             "use sparse_mode=topk")
+        return cls(max(1, round(share * config.d_ff)), mode)
 
 
 @dataclass

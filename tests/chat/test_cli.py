@@ -68,6 +68,8 @@ def test_composed_config_builds_the_runtime(tmp_path):
     (["serve", "--model", MODEL, "--max-tokens", "0"], "max_tokens"),
     (["chat", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["chat", "model=checkpoint"], "model.name_or_path"),
+    (["chat", "--model", MODEL, "--sparse-decode", "2"], "sparse_decode=2"),
+    (["chat", "--model", MODEL, "--sparse-mode", "nope"], "invalid choice: 'nope'"),
 ])
 def test_mistakes_end_in_one_line_and_exit_code_2(argv, message, tmp_path, capsys):
     assert cli_main([*argv, f"data={tmp_path}"] if "--no-such-flag" not in argv else argv) == 2
@@ -106,6 +108,16 @@ def test_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
     assert cli_main(["chat", "--model", "mcsd-chat-random", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "continues 'mcsd-tiny-random', not 'mcsd-chat-random'" in err
+
+
+def test_chat_decodes_sparse_when_asked_and_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    assert cli_main(["chat", "--model", MODEL, "--data", str(tmp_path), "--sparse-decode", "0.25",
+                     "--checkpoint-every", "0", "serve.max_new_tokens=4", FAST]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "| decode sparse (predictor, 25% of the neurons) |" in first, first
+    assert shorthand("--sparse-decode", "0.1", "--sparse-mode", "topk", "--compile-decode") == [
+        "serve.sparse_decode=0.1", "serve.sparse_mode=topk", "serve.compile_decode=true"]
 
 
 def test_traceback_only_with_verbose():

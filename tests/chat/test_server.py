@@ -41,6 +41,18 @@ def test_models_and_non_streaming_completion(server, runtime):
     assert (row["session_id"], row["prompt"], row["response"]) == (sid, "hello there", choice.message.content)
 
 
+def test_sparse_decode_is_served_and_reported(tmp_path):
+    rt = Runtime.open(MODEL, tmp_path / "data", checkpoint_every_s=0, sampling={"sparse": 0.25})
+    try:
+        with serve_runtime(rt) as srv:
+            comp, _ = completion(openai_client(srv.url), temperature=0)
+            assert comp.model_extra["synclearn"]["sparse"] == "predictor k=64/256"  # 25% of mcsd-tiny's d_ff
+        dense = rt.new_session(sparse=None)
+        assert dense.send("hello there", max_new_tokens=8).sparse is None
+    finally:
+        rt.close()
+
+
 def test_streaming_and_session_state(server, runtime):
     client = openai_client(server.url)
     stream = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=12, stream=True,
