@@ -105,7 +105,7 @@ class AttachOptions(Options):
                                               "this (null: only new_repeats)", ge=0)
     min_gain: float | None = option(0.1, "... or once a step lowered its loss by less than this share "
                                          "(null: never)", ge=0, le=1)
-    until_reproduced: bool = option(True, "a new turn counts as learned early once the model reproduces it "
+    until_reproduced: bool = option(False, "a new turn counts as learned early once the model reproduces it "
                                            "(greedy, teacher-forced) instead of by learned_loss")
     idle_replay: bool = option(False, "keep learning from replay alone when nothing is new")
     learn_threads: int = option(1, "torch intra-op threads of the learner thread (CPU)", ge=1, le=1024)

@@ -72,7 +72,7 @@ class MemoryManager:
     """
 
     def __init__(self, *, replay_ratio: float = 0.75, batch_size: int = 8, new_repeats: int = 12,
-                 learned_loss: float | None = 0.02, min_gain: float | None = 0.1, until_reproduced: bool = True,
+                 learned_loss: float | None = 0.02, min_gain: float | None = 0.1, until_reproduced: bool = False,
                  protection: dict[str, Any] | None = None, anchors: dict[str, Any] | None = None,
                  background: str = "base",
                  background_tokens: int = 65_536, background_horizon: float = 262_144, observe_traffic: bool = True,
