@@ -218,7 +218,8 @@ class ServeOptions(Options):
         if self.compile_decode:
             if not hasattr(model, "compile_decode"):
                 raise ValueError(f"compile_decode=true needs an MCSD model (got {type(model).__name__})")
-            model.compile_decode()
+            if not model.decode_kernel.compiled:  # once: a session per conversation must not recompile
+                model.compile_decode()
         return model
 
     def session(self, model: Any, log: Any) -> Any:

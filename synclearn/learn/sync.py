@@ -59,7 +59,7 @@ class LearnerHandle:
         session: the ChatSession being served, or anything with its load-signal interface
             (``log``, ``busy``, ``wait_idle``, ``add_listener``, ``remove_listener``).
         log: the log to learn from (default: the session's, else the learner's).
-        batch_size, replay_ratio, policy, seed, new_repeats, learned_loss, min_gain: the batch builder's
+        batch_size, replay_ratio, policy, seed, new_repeats, learned_loss, min_gain, until_reproduced: the batch builder's
             settings (:class:`~synclearn.memory.ReplayBatchBuilder`; ``new_repeats`` > 1 trains
             each new turn in that many steps, each with fresh replay).
         learn_threads: intra-op threads of the learner thread on CPU.
@@ -83,7 +83,8 @@ class LearnerHandle:
                  batch_size: int = _DEFAULT.batch_size, replay_ratio: float = _DEFAULT.replay_ratio,
                  seed: int | None = _DEFAULT.seed, new_repeats: int = _DEFAULT.new_repeats,
                  learned_loss: float | None = _DEFAULT.learned_loss, min_gain: float | None = _DEFAULT.min_gain,
-                 until_reproduced: bool = _DEFAULT.until_reproduced, learn_threads: int = _DEFAULT.learn_threads, idle_only: bool = _DEFAULT.idle_only,
+                 until_reproduced: bool = _DEFAULT.until_reproduced, learn_threads: int = _DEFAULT.learn_threads,
+                 idle_only: bool = _DEFAULT.idle_only,
                  max_defer_s: float = _DEFAULT.max_defer_s, idle_replay: bool = _DEFAULT.idle_replay,
                  poll_s: float = _DEFAULT.poll_s, on_error: str = _DEFAULT.on_error,
                  max_steps: int | None = _DEFAULT.max_steps, consolidate_every: int = _DEFAULT.consolidate_every,
