@@ -52,26 +52,27 @@ sys.path.insert(0, str(ROOT))
 from synclearn.eval.report import write_report
 
 GRID = ["learner=sparse,lora,full", "memory=none,replay,consolidate"]
+# what the two sweeps of the main job (40 facts, delays up to 1000) report: both sides
+MAIN_JOB_METRICS = ["recall_d0", "recall_d10", "recall_d100", "recall_d1000", "recall_other_d1000", "rank_recall_d1000",
+                    "acc", "bwt", "forgetting", "text_nll_change", "chat_nll_change", "format_vs_base", "locality",
+                    "free_share_min", "latency_overhead_p50", "learner_steps", "stream_s"]
+MAIN_JOB_PLOTS = ["retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"]
 SWEEPS: dict[str, dict] = {
     "chat_facts": {
         "grid": ["learner=sparse", "memory=none,consolidate,anchors"],
         "overrides": [],
-        "metrics": ["recall_d0", "recall_d10", "recall_d100", "recall_d1000", "recall_other_d1000", "rank_recall_d1000",
-                    "acc", "bwt", "forgetting", "text_nll_change", "chat_nll_change", "format_vs_base", "locality",
-                    "free_share_min", "latency_overhead_p50", "learner_steps", "stream_s"],
+        "metrics": MAIN_JOB_METRICS,
         "title": "chat-facts, the main job (conf/config.yaml: 40 facts, probes up to 1000 later interactions)",
-        "plots": ["retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"],
+        "plots": MAIN_JOB_PLOTS,
         "representative": {"memory": "consolidate"},
         "cores_per_job": 2,
     },
     "main_job": {
         "grid": ["memory.until_reproduced=false,true"],
         "overrides": [],
-        "metrics": ["recall_d0", "recall_d10", "recall_d100", "recall_d1000", "recall_other_d1000", "rank_recall_d1000",
-                    "acc", "bwt", "forgetting", "text_nll_change", "chat_nll_change", "format_vs_base", "locality",
-                    "free_share_min", "latency_overhead_p50", "learner_steps", "stream_s"],
+        "metrics": MAIN_JOB_METRICS,
         "title": "chat-facts, the main job on its defaults (rehearsal ended by loss, the default, vs until reproduced)",
-        "plots": ["retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"],
+        "plots": MAIN_JOB_PLOTS,
         "representative": {"memory.until_reproduced": "false"},
         "cores_per_job": 2,
         "columns": ["memory.until_reproduced"],
