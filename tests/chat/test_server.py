@@ -53,6 +53,20 @@ def test_sparse_decode_is_served_and_reported(tmp_path):
         rt.close()
 
 
+def test_sparse_decode_names_what_it_cannot_do():
+    from synclearn.chat import ChatSession
+    from synclearn.model import MCSDConfig, build_model
+
+    no_predictor = build_model(MCSDConfig(d_model=16, n_layers=1, n_channels=2, d_ff=32, predictor_rank=0, chunk_size=8))
+    with pytest.raises(ValueError, match="no predictor.*sparse_mode=topk"):
+        ChatSession(no_predictor, sparse=0.1)
+    assert ChatSession(no_predictor, sparse=0.1, sparse_mode="topk").sparse.k == 3  # round(0.1 * 32)
+    with pytest.raises(ValueError, match="needs an MCSD model"):
+        ChatSession(torch.nn.Linear(2, 2), sparse=0.5)
+    with pytest.raises(ValueError, match="share=1.5"):
+        ChatSession(no_predictor, sparse=1.5, sparse_mode="topk")
+
+
 def test_streaming_and_session_state(server, runtime):
     client = openai_client(server.url)
     stream = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=12, stream=True,
