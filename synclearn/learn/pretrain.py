@@ -26,6 +26,7 @@ takes the lock and writes the entry, the ranks agree on the data and split every
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -35,7 +36,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -215,6 +216,14 @@ def pretrained_model(name: str = "mcsd-chat", *, cache_dir: str | None = None, f
     return model
 
 
+@contextlib.contextmanager
+def entry_lock(root: Path, config: PretrainConfig) -> Iterator[None]:
+    """Hold the exclusive file lock of ``config``'s cache entry under ``root``."""
+    with open(root / f".{config.key()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _fit_cached_predictors(model: Any, config: PretrainConfig, path: Path) -> tuple[Any, dict]:
     """Fit the sparse-decode predictors of a cache entry written before pretraining fitted them
     (only predictor weights change), under the entry's lock; files are replaced whole."""
@@ -222,8 +231,7 @@ def _fit_cached_predictors(model: Any, config: PretrainConfig, path: Path) -> tu
     from synclearn.learn.pretrain_fabric import fit_base_predictors
     from synclearn.model.checkpoint import save_model
 
-    with open(path.parent / f".{config.key()}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with entry_lock(path.parent, config):
         meta = json.loads((path / META_FILE).read_text())
         if "predictor_recall" in meta:  # another process did it meanwhile
             return load_model(path), meta
@@ -258,8 +266,7 @@ def ensure_pretrained(config: PretrainConfig, *, cache_dir: str | os.PathLike | 
     if dist.world_of(config) > 1:
         refuse_inside_multirun(config)
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{config.key()}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run with the same key waits, then reuses
+    with entry_lock(root, config):  # a concurrent run with the same key waits, then reuses
         if (path / META_FILE).is_file() and not force:
             return path, False
         print(f"{display_name(config)} is not in the cache yet: pretraining it now ({config.steps} steps on "

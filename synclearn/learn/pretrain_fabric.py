@@ -137,7 +137,6 @@ def data_checksum(data: torch.Tensor) -> int:
 
 def main(fabric: Any, config: Any, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     """Build, train and (rank 0) save; returns the ``pretrain.json`` contents on rank 0."""
-    from synclearn.data.chat_mix import chat_mix
     from synclearn.learn.pretrain import DATA_VERSION, META_FILE
 
     t0 = time.perf_counter()
@@ -152,9 +151,7 @@ def main(fabric: Any, config: Any, out_dir: Path, *, progress: bool = True) -> d
     model, optimizer = fabric.setup(model, optimizer)
     window = config.seq_len + 1
     per_step = config.batch_size * fabric.world_size
-    data = chat_mix(config.steps * per_step * window, seed=config.seed, fact_share=config.fact_share,
-                    smalltalk_share=config.smalltalk_share, world_share=config.world_share,
-                    n_world=config.n_world, recall_share=config.recall_share)
+    data = pretraining_mix(config, config.steps * per_step * window, seed=config.seed)
     checksum = data_checksum(data)
     reference = fabric.broadcast(checksum, src=0)
     differ = fabric.all_reduce(torch.tensor(float(checksum != reference), device=fabric.device), reduce_op="sum")
@@ -188,6 +185,15 @@ def main(fabric: Any, config: Any, out_dir: Path, *, progress: bool = True) -> d
     return meta
 
 
+def pretraining_mix(config: Any, n_tokens: int, seed: int) -> torch.Tensor:
+    """At least ``n_tokens`` of ``config``'s pretraining mix (:func:`~synclearn.data.chat_mix.chat_mix`)
+    from ``seed``: the training stream, or a stream apart from it for fitting the predictors."""
+    from synclearn.data.chat_mix import chat_mix
+
+    return chat_mix(n_tokens, seed=seed, fact_share=config.fact_share, smalltalk_share=config.smalltalk_share,
+                    world_share=config.world_share, n_world=config.n_world, recall_share=config.recall_share)
+
+
 PREDICTOR_WINDOWS = 32  # pretraining-mix windows the predictors are fitted on (x seq_len tokens)
 
 
@@ -196,15 +202,13 @@ def fit_base_predictors(model: Any, config: Any) -> dict[str, float]:
     on windows of its own pretraining mix (a stream seeded apart from the training one); only the
     predictors change, so dense outputs stay the same. Returns layer -> top-10% recall (as str keys,
     for ``pretrain.json``); {} for a model without predictors."""
-    from synclearn.data.chat_mix import chat_mix
     from synclearn.model import fit_predictors
 
     if not any(getattr(m, "predictor", None) is not None for m in model.modules()):
         return {}
     window = config.seq_len
-    data = chat_mix(PREDICTOR_WINDOWS * window, seed=config.seed + 7_919, fact_share=config.fact_share,
-                    smalltalk_share=config.smalltalk_share, world_share=config.world_share, n_world=config.n_world,
-                    recall_share=config.recall_share)[: PREDICTOR_WINDOWS * window].view(-1, window)
+    data = pretraining_mix(config, PREDICTOR_WINDOWS * window, seed=config.seed + 7_919)
+    data = data[: PREDICTOR_WINDOWS * window].view(-1, window)
     device = next(model.parameters()).device
     batches = [data[i : i + 8].to(device) for i in range(0, len(data), 8)]
     return {str(layer): round(r, 4) for layer, r in fit_predictors(model, batches, seed=config.seed).items()}
