@@ -214,7 +214,12 @@ class ServeOptions(Options):
         return out
 
     def prepare(self, model: Any) -> Any:
-        """``model`` made ready to serve like this (``compile_decode``); returns it."""
+        """``model`` made ready to serve like this (``compile_decode``), after checking that it can
+        decode as asked (``sparse_decode``: a ValueError that names the problem); returns it."""
+        if self.sparse_decode is not None:
+            from synclearn.model.neurons import SparseSpec
+
+            SparseSpec.share_of(model, self.sparse_decode, self.sparse_mode)
         if self.compile_decode:
             if not hasattr(model, "compile_decode"):
                 raise ValueError(f"compile_decode=true needs an MCSD model (got {type(model).__name__})")

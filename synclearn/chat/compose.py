@@ -154,11 +154,7 @@ def open_runtime(cfg: Any) -> Any:
                             log_synchronous=cfg.log_sync, build_model=build, memory=memory, policy=policy,
                             attach=attach, sampling=sampling)
         try:
-            serve.prepare(rt.model)  # built or restored from a checkpoint
-            if serve.sparse_decode is not None:
-                from synclearn.model.neurons import SparseSpec
-
-                SparseSpec.share_of(rt.model, serve.sparse_decode, serve.sparse_mode)  # refused now, not per turn
+            serve.prepare(rt.model)  # built or restored from a checkpoint: refused now, not at the first turn
         except ValueError:
             rt.close()
             raise
