@@ -211,6 +211,24 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+GOAL_METRICS = ("recall_d1000", "recall_other_d1000", "bwt", "text_nll_change", "chat_nll_change", "format_vs_base",
+                "free_share_min")
+
+
+def _goal_lines(label: str, m: dict[str, float], learned_tail: str = "") -> list[str]:
+    """The two goal lines of a chat-facts setting: what was learned, and what else moved."""
+    return [f"- {label}: recall@1000 **{m['recall_d1000']:.0%}** (goal >= 95%: {_met(m['recall_d1000'] >= 0.95)}), "
+            f"asked in other words **{m['recall_other_d1000']:.0%}** (goal >= 90%: "
+            f"{_met(m['recall_other_d1000'] >= 0.9)}), BWT **{100 * m['bwt']:+.1f} points** (goal >= -2: "
+            f"{_met(m['bwt'] >= -0.02)}){learned_tail}.",
+            f"- base retention ({label}): held-out text NLL **{100 * m['text_nll_change']:+.1f}%**, chat NLL "
+            f"**{100 * m['chat_nll_change']:+.1f}%** (goal within +2%: "
+            f"{_met(max(m['text_nll_change'], m['chat_nll_change']) <= 0.02)}), well-formed answers "
+            f"**{m['format_vs_base']:.2f}x** the base's (goal >= 0.95: {_met(m['format_vs_base'] >= 0.95)}), "
+            f"neurons free in the least free layer **{m['free_share_min']:.0%}** (goal >= 50%: "
+            f"{_met(m['free_share_min'] >= 0.5)})."]
+
+
 def goals(dest: Path) -> list[str]:
     """The issue's goals, checked against the measured means."""
     lines = []
@@ -220,40 +238,18 @@ def goals(dest: Path) -> list[str]:
         for memory in ("consolidate", "anchors"):
             if not any(g.get("memory") == memory for g in chat):
                 continue
-            m = {k: _mean(chat, k, learner="sparse", memory=memory) for k in
-                 ("recall_d1000", "recall_other_d1000", "bwt", "text_nll_change", "chat_nll_change", "format_vs_base",
-                  "free_share_min")}
+            m = {k: _mean(chat, k, learner="sparse", memory=memory) for k in GOAL_METRICS}
             if any(v != v for v in m.values()):  # a sweep from before these figures existed
                 lines.append(f"- chat-facts (memory={memory}): recall@1000 **{m['recall_d1000']:.0%}**, BWT "
                              f"**{100 * m['bwt']:+.1f} points**; the sweep predates the paraphrase and base-retention "
                              "figures (regenerate it to check those goals).")
                 continue
-            lines += [f"- chat-facts (learner=sparse memory={memory}): recall@1000 **{m['recall_d1000']:.0%}** (goal >= 95%: "
-                      f"{_met(m['recall_d1000'] >= 0.95)}), asked in other words **{m['recall_other_d1000']:.0%}** "
-                      f"(goal >= 90%: {_met(m['recall_other_d1000'] >= 0.9)}), BWT **{100 * m['bwt']:+.1f} points** "
-                      f"(goal >= -2: {_met(m['bwt'] >= -0.02)}); naive fine-tuning (memory=none) recall@1000 {naive:.0%}.",
-                      f"- base retention (memory={memory}): held-out text NLL **{100 * m['text_nll_change']:+.1f}%**, chat NLL "
-                      f"**{100 * m['chat_nll_change']:+.1f}%** (goal within +2%: "
-                      f"{_met(max(m['text_nll_change'], m['chat_nll_change']) <= 0.02)}), well-formed answers "
-                      f"**{m['format_vs_base']:.2f}x** the base's (goal >= 0.95: {_met(m['format_vs_base'] >= 0.95)}), "
-                      f"neurons free in the least free layer **{m['free_share_min']:.0%}** (goal >= 50%: "
-                      f"{_met(m['free_share_min'] >= 0.5)})."]
+            lines += _goal_lines(f"chat-facts, learner=sparse memory={memory}", m,
+                                 f"; naive fine-tuning (memory=none) recall@1000 {naive:.0%}")
     main = _groups(dest, "main_job")
     if main:
-        m = {k: _mean(main, k, **{"memory.until_reproduced": "false"}) for k in
-             ("recall_d1000", "recall_other_d1000", "bwt", "text_nll_change", "chat_nll_change", "format_vs_base",
-              "free_share_min")}
-        ok = {"recall": m["recall_d1000"] >= 0.95, "other": m["recall_other_d1000"] >= 0.9, "bwt": m["bwt"] >= -0.02,
-              "nll": max(m["text_nll_change"], m["chat_nll_change"]) <= 0.02, "format": m["format_vs_base"] >= 0.95,
-              "free": m["free_share_min"] >= 0.5}
-        lines.append(
-            f"- the main job on its defaults (`synclearn run`, seeds {main[0].get('seeds', '')}): recall@1000 "
-            f"**{m['recall_d1000']:.0%}** (goal >= 95%: {_met(ok['recall'])}), asked in other words "
-            f"**{m['recall_other_d1000']:.0%}** (goal >= 90%: {_met(ok['other'])}), BWT **{100 * m['bwt']:+.1f} points** "
-            f"(goal >= -2: {_met(ok['bwt'])}); held-out text NLL **{100 * m['text_nll_change']:+.1f}%**, chat NLL "
-            f"**{100 * m['chat_nll_change']:+.1f}%** (goal within +2%: {_met(ok['nll'])}), well-formed answers "
-            f"**{m['format_vs_base']:.2f}x** the base's (goal >= 0.95: {_met(ok['format'])}), neurons free in the least "
-            f"free layer **{m['free_share_min']:.0%}** (goal >= 50%: {_met(ok['free'])}).")
+        m = {k: _mean(main, k, **{"memory.until_reproduced": "false"}) for k in GOAL_METRICS}
+        lines += _goal_lines(f"the main job on its defaults, `synclearn run`, seeds {main[0].get('seeds', '')}", m)
     digits = _groups(dest, "split_digits")
     if digits:
         cons = _mean(digits, "acc", learner="sparse", memory="consolidate")
