@@ -73,7 +73,7 @@ class MCSDSparseSide(MCSDSide):
 
     def __init__(self, model, fraction: float) -> None:
         super().__init__(model)
-        self.spec = SparseSpec(max(1, round(fraction * model.config.d_ff)), "predictor")
+        self.spec, self.fraction = SparseSpec(max(1, round(fraction * model.config.d_ff)), "predictor"), fraction
         self.label = f"MCSD sparse {fraction:.0%}"
 
     def step(self, tok, state):

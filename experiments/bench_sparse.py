@@ -17,17 +17,23 @@ One run measures, on this machine (CPU unless ``--device cuda``; one torch threa
 3. **decode at ``--long-context`` tokens**: that model dense and with sparse decode at the first
    fraction vs a same-size ``LlamaForCausalLM`` with a KV cache (bench_decode's Llama).
 4. **the sparse learning step at ``--learn-fraction``** on ``--model``: its compute (trace,
-   selection, forward through the gathered neurons, gradients) as the learner runs it today
-   (two whole forwards) vs :func:`synclearn.learn.sparse.trace_pass` +
-   :func:`~synclearn.learn.sparse.resumed_forward`, and whether the two give bitwise equal
-   losses and gradients.
+   selection, forward through the gathered neurons, gradients) as the issue found it (two whole
+   forwards), in two passes (:func:`synclearn.learn.sparse.trace_pass` +
+   :func:`~synclearn.learn.sparse.resumed_forward`) and in the learner's one pass
+   (:func:`~synclearn.learn.sparse.selecting_forward`), and whether all three give bitwise
+   equal selections, losses and gradients.
 5. **training tokens/s at ``--train-seq``**, MCSD vs the same Llama (forward + backward + AdamW).
+
+Each sparse-decode row also carries ``bound``: the weight bytes a dense token reads over those a
+sparse one reads (mixers, predictors, head and the chosen share of the MLPs) -- the most a
+bandwidth-bound decode can gain at that share, whatever the kernel.
 
 Prints a table, writes JSON to ``--out``. Wall-clock figures: the machine may be shared (the
 load average is recorded).
 
     .venv/bin/python experiments/bench_sparse.py --quick    # ~3 min, one thread
     .venv/bin/python experiments/bench_sparse.py            # the issue's sizes (4096 context, 2048 train): ~7 min
+    .venv/bin/python experiments/bench_sparse.py --parts learn   # one part (nll base decode learn long)
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from common import environment, print_table, write_json  # noqa: E402
 
 from synclearn.data import chat_pairs, encode_corpus  # noqa: E402
 from synclearn.learn.select import SELECTORS  # noqa: E402
-from synclearn.learn.sparse import gather_slice, plastic_forward, resumed_forward, trace_pass  # noqa: E402
+from synclearn.learn.sparse import gather_slice, plastic_forward, resumed_forward, selecting_forward, trace_pass  # noqa: E402
 from synclearn.model import ByteTokenizer, SparseSpec, build_model, fit_predictors, load_model, named_config  # noqa: E402
 from synclearn.model import NeuronTrace, neuron_context  # noqa: E402
 
@@ -76,7 +82,20 @@ def decode_vs_fraction(args, model=None, name=None, part="decode vs dense") -> t
     log(f"{part} ({name}): decode at {args.fractions} of the neurons vs dense, context {args.context}")
     out = measure_decode(sides, args.context, 1, args, args.device)
     return [dict(part=part, model=name, side=s.label, context=args.context, value=r["decode"],
-                 unit="tok/s", ratio=r["decode"] / out[0]["decode"], runs_s=r["runs_s"]) for s, r in zip(sides, out)], model
+                 unit="tok/s", ratio=r["decode"] / out[0]["decode"], runs_s=r["runs_s"],
+                 **({"bound": weight_bytes_bound(model.config, s.fraction)} if getattr(s, "fraction", None) else {}))
+            for s, r in zip(sides, out)], model
+
+
+def weight_bytes_bound(config, fraction: float) -> float:
+    """Dense weight elements read per decoded token over sparse ones at ``fraction`` of each MLP's
+    neurons: the speed-up limit of a bandwidth-bound decode (the state is a few KB; not counted)."""
+    d, ff, r, v = config.d_model, config.d_ff, config.predictor_rank, config.vocab_size
+    mixer, mlp, pred = 6 * d * d, 2 * d * ff, r * (d + ff) + ff
+    head = v * d
+    dense = config.n_layers * (mixer + mlp) + head
+    sparse = config.n_layers * (mixer + pred + fraction * mlp) + head
+    return round(dense / sparse, 3)
 
 
 def trained_base(args):
@@ -140,6 +159,13 @@ def long_context(args, model) -> list[dict]:
     return rows
 
 
+STEP_FORMS = {  # form -> label
+    "reference": "two whole forwards (the issue's step)",
+    "two_pass": "trace_pass + resumed_forward",
+    "one_pass": "one pass (selecting_forward: the learner's)",
+}
+
+
 def sparse_learning(args) -> list[dict]:
     model = load_model(args.model, seed=args.seed)
     for p in model.parameters():
@@ -151,39 +177,48 @@ def sparse_learning(args) -> list[dict]:
     ids = torch.cat(batch)  # [B, T + 1]
     inputs, targets = ids[:, :-1], ids[:, 1:]
     mask = torch.ones_like(inputs, dtype=torch.float32)
+    layouts = model.neuron_layouts()
 
-    def core(fast: bool):
+    def core(form: str):
         trace = NeuronTrace(mask=mask)
-        if fast:
-            traced = trace_pass(model, inputs, trace, layers)
-        else:
-            with torch.no_grad(), neuron_context(trace=trace):
-                model(inputs)
         fn, source = SELECTORS["topk"]
         gen = torch.Generator().manual_seed(0)
-        chosen = {l: fn(getattr(trace, source)[l], budget, locked=None, exploration=0.0, generator=gen) for l in layers}
-        layouts = model.neuron_layouts()
-        slices = {l: gather_slice(layouts[l], l, idx) for l, idx in chosen.items()}
-        overrides = {l: (lambda x, lo=layouts[l], sl=sl: plastic_forward(x, lo, sl)) for l, sl in slices.items()}
-        with neuron_context(overrides=overrides):
-            logits = resumed_forward(model, inputs, traced) if fast else model(inputs)
+        choose = lambda l: fn(getattr(trace, source)[l], budget, locked=None, exploration=0.0, generator=gen)  # noqa: E731
+        if form == "one_pass":
+            logits, slices = selecting_forward(model, inputs, trace, layers, choose)
+        else:
+            if form == "two_pass":
+                traced = trace_pass(model, inputs, trace, layers)
+            else:
+                with torch.no_grad(), neuron_context(trace=trace):
+                    model(inputs)
+            slices = {l: gather_slice(layouts[l], l, choose(l)) for l in layers}
+            overrides = {l: (lambda x, lo=layouts[l], sl=sl: plastic_forward(x, lo, sl)) for l, sl in slices.items()}
+            with neuron_context(overrides=overrides):
+                logits = resumed_forward(model, inputs, traced) if form == "two_pass" else model(inputs)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return loss, torch.autograd.grad(loss, [t for sl in slices.values() for t in sl.leaves])
+        grads = torch.autograd.grad(loss, [t for sl in slices.values() for t in sl.leaves])
+        return [sl.idx for sl in slices.values()], loss, grads
 
     log(f"sparse learning step at {args.learn_fraction:.0%}, plastic layers {layers}")
-    results = {False: core(False), True: core(True)}  # warm-up, and the results compared
-    same = torch.equal(results[False][0], results[True][0]) and all(
-        torch.equal(a, b) for a, b in zip(results[False][1], results[True][1]))
-    times = {False: [], True: []}
+    results = {form: core(form) for form in STEP_FORMS}  # warm-up, and the results compared
+    ref = results["reference"]
+    same = {form: all(torch.equal(a, b) for a, b in zip(r[0], ref[0])) and torch.equal(r[1], ref[1])
+            and all(torch.equal(a, b) for a, b in zip(r[2], ref[2])) for form, r in results.items()}
+    times = {form: [] for form in STEP_FORMS}
     for _ in range(args.repeats):
-        for fast in (False, True):
+        for form in STEP_FORMS:  # the forms take turns, run by run
             t0 = time.perf_counter()
-            core(fast)
-            times[fast].append(time.perf_counter() - t0)
-    base = min(times[False])
-    return [dict(part="sparse learning step", model=args.model, side="today (two whole forwards)" if not fast else
-                 "trace_pass + resumed_forward", context=args.learn_seq, value=min(times[fast]), unit="s",
-                 ratio=base / min(times[fast]), bitwise_equal=same, runs_s=times[fast]) for fast in (False, True)]
+            core(form)
+            times[form].append(time.perf_counter() - t0)
+    base = min(times["reference"])
+    return [dict(part="sparse learning step", model=args.model, side=label, context=args.learn_seq,
+                 value=min(times[form]), unit="s", ratio=base / min(times[form]), bitwise_equal=same[form],
+                 runs_s=times[form]) for form, label in STEP_FORMS.items()]
+
+
+PARTS = {"nll": "chat base NLL", "base": "chat base decode", "decode": "decode vs dense",
+         "learn": "sparse learning step", "long": "long context + training"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -212,6 +247,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also decode the chat base through torch.compile (compile_decode; ~20 s of compiling per side)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="which parts to run (default: all): " + ", ".join(f"{k} = {v}" for k, v in PARTS.items()))
     p.add_argument("--out", default="experiments/out/bench_sparse.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -233,7 +270,7 @@ GOALS = {  # goal -> (part, side at the first fraction or "MCSD", comparison, ta
     "chat base NLL at 10% / dense": ("held-out NLL", "sparse", "<=", 1.02),
     "mcsd-small decode at 10% vs dense": ("decode vs dense", "sparse", ">=", 2.5),
     "sparse decode at long context vs Llama": ("long-context decode", "sparse", ">=", 8.0),
-    "sparse learning step speed-up": ("sparse learning step", "trace_pass + resumed_forward", ">=", 1.5),
+    "sparse learning step speed-up": ("sparse learning step", STEP_FORMS["one_pass"], ">=", 1.5),
     "training tok/s vs Llama": ("training", "MCSD", ">=", 2.0),
 }
 
@@ -244,6 +281,8 @@ def goal_checks(rows: list[dict], args) -> dict:
     out = {}
     for name, (part, side, op, target) in GOALS.items():
         key = {"sparse": f"MCSD sparse {first:.0%}" if part != "held-out NLL" else f"sparse {first:.0%}"}.get(side, side)
+        if (part, key) not in ratio:  # a part not run (--parts)
+            continue
         value = ratio[(part, key)]
         out[name.replace("10%", f"{first:.0%}")] = {"value": value, "target": f"{op} {target}",
                                                     "met": bool(value >= target if op == ">=" else value <= target)}
@@ -262,18 +301,26 @@ def main(argv=None) -> None:
         log(f"{name}: {seconds[name]} s")
         return result
 
-    nll_rows, which, base = part("chat base NLL", nll_vs_fraction, args)
-    base_rows, _ = part("chat base decode", decode_vs_fraction, args, base, which.split(" ")[0], "chat base decode vs dense")
-    if args.compile_decode:  # the same decode through torch.compile (MCSDLM.compile_decode)
-        base.compile_decode()
-        base_rows += part("chat base decode, compiled", decode_vs_fraction, args, base, which.split(" ")[0],
-                          "chat base decode vs dense, compiled")[0]
-        base.compile_decode(False)
-    rows, model = part("decode vs dense", decode_vs_fraction, args)
-    rows = nll_rows + base_rows + rows + part("sparse learning step", sparse_learning, args)
-    rows += part("long context + training", long_context, args, model)
+    rows, wanted, which = [], set(args.parts), None
+    if wanted & {"nll", "base"}:  # the chat base decode runs on the base the NLL part loads
+        nll_rows, which, base = part("chat base NLL", nll_vs_fraction, args)
+        rows += nll_rows if "nll" in wanted else []
+    if "base" in wanted:
+        rows += part("chat base decode", decode_vs_fraction, args, base, which.split(" ")[0], "chat base decode vs dense")[0]
+        if args.compile_decode:  # the same decode through torch.compile (MCSDLM.compile_decode)
+            base.compile_decode()
+            rows += part("chat base decode, compiled", decode_vs_fraction, args, base, which.split(" ")[0],
+                         "chat base decode vs dense, compiled")[0]
+            base.compile_decode(False)
+    if wanted & {"decode", "long"}:  # the long-context part runs on the model this part builds
+        decode_rows, model = part("decode vs dense", decode_vs_fraction, args)
+        rows += decode_rows if "decode" in wanted else []
+    if "learn" in wanted:
+        rows += part("sparse learning step", sparse_learning, args)
+    if "long" in wanted:
+        rows += part("long context + training", long_context, args, model)
     goals = goal_checks(rows, args)
-    print_table(rows, ["part", "model", "side", "context", "value", "unit", "ratio"])
+    print_table(rows, ["part", "model", "side", "context", "value", "unit", "ratio", "bound"])
     print(f"\ngoals (threads {args.threads}; {time.perf_counter() - t0:.0f} s; load average at start "
           f"{load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores):")
     for k, g in goals.items():

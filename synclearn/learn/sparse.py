@@ -3,13 +3,22 @@
 For each plastic layer, the selected neurons' weights are gathered into small leaf tensors
 (one [k, D] per input matrix, one [D, k] for the output columns). The layer then computes::
 
-    h      = act(x W_in^T ...)      with the selected columns zeroed      (frozen weights)
-    h_sel  = act(x R^T ...)         from the leaves R                      (k neurons)
-    out    = h W_out^T + h_sel C^T  from the leaf C
+    h, y   = act(x W_in^T ...), h W_out^T    the dense layer, frozen weights (x keeps its graph)
+    a      = act(sg(x) R^T ...) C^T           the selected neurons from the leaves R, C
+    out    = y + (a - sg(a))                  sg = stop-gradient (detach)
 
-which equals the dense layer (the leaves are copies), but autograd only ever creates
-gradients of shape [k, D] -- never d_ff x D. Base weights have ``requires_grad=False``, so the
+``a - sg(a)`` is exactly zero, so ``out`` is bitwise the dense layer's output: the step's
+loss is the served model's loss. Its backward gives the leaves their gradients ([k, D] only,
+never d_ff x D) and x the dense layer's (every neuron's weights are the same values), so the
+layers below get exact gradients too. Base weights have ``requires_grad=False``, so the
 autograd graph starts at the first plastic layer and backward stops there by itself.
+
+The step runs in one pass (:func:`selecting_forward`): each plastic layer computes its dense
+activations, records them, lets the selector choose from them and gathers the chosen neurons
+before the layer's output goes on. That equals -- bitwise, in selection, loss and gradients --
+a selection pass over the whole model followed by the step's own forward
+(:func:`trace_pass` + :func:`resumed_forward`, which models whose selection needs more than
+the activations still use), at the cost of one forward instead of two.
 
 After the optimizer step the new slices are written back with ``index_copy_`` (the caller
 holds the model's write lock); every other element of every weight is untouched.
@@ -18,6 +27,7 @@ holds the model's write lock); every other element of every weight is untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +83,73 @@ def gather_slice(layout: NeuronLayout, layer: int, idx: Tensor) -> PlasticSlice:
     return PlasticSlice(layer, idx, rows, col)
 
 
+def dense_mlp(x: Tensor, layout: NeuronLayout) -> tuple[Tensor, Tensor]:
+    """The layer through its frozen weights: (output [..., D], activations h [..., d_ff]),
+    bitwise the model's own dense MLP; x keeps its graph."""
+    h = layout.act(*(F.linear(x, w.detach(), layout.in_bias(j)) for j, w in enumerate(layout.in_weights)))
+    return F.linear(h, layout.out_weight.detach(), layout.out_bias), h
+
+
+def leaf_delta(x: Tensor, layout: NeuronLayout, sl: PlasticSlice) -> Tensor:
+    """Zero in value; in backward, the selected neurons' leaf gradients. x: [..., D] -> [..., D]."""
+    h_sel = layout.act(*(F.linear(x.detach(), r, layout.in_bias(j, sl.idx)) for j, r in enumerate(sl.rows)))
+    a = F.linear(h_sel, sl.col)  # [..., D], the selected neurons' share of the output
+    return a - a.detach()
+
+
 def plastic_forward(x: Tensor, layout: NeuronLayout, sl: PlasticSlice) -> Tensor:
-    """The layer's output with ``sl``'s neurons computed from the leaves. x: [..., D] -> [..., D]."""
-    pre = (F.linear(x, w.detach(), layout.in_bias(j)) for j, w in enumerate(layout.in_weights))
-    h = layout.act(*pre)  # [..., d_ff], frozen path
-    h = h.index_fill(-1, sl.idx, 0.0)
-    h_sel = layout.act(*(F.linear(x, r, layout.in_bias(j, sl.idx)) for j, r in enumerate(sl.rows)))  # [..., k]
-    return F.linear(h, layout.out_weight.detach(), layout.out_bias) + F.linear(h_sel, sl.col)
+    """The layer's output (bitwise the dense one) with ``sl``'s leaves in its graph. x: [..., D] -> [..., D]."""
+    return dense_mlp(x, layout)[0] + leaf_delta(x, layout, sl)
+
+
+Chooser = Callable[[int], Tensor | None]  # layer -> the neurons to update (None: none)
+
+
+def selecting_forward(model: torch.nn.Module, inputs: Tensor, trace: NeuronTrace, plastic_layers: list[int],
+                      choose: Chooser) -> tuple[Tensor, dict[int, PlasticSlice]]:
+    """The sparse step's forward in one pass: logits [B, T, V] (bitwise ``model(inputs)``) and
+    the gathered slices of the layers that chose neurons.
+
+    Each plastic layer computes its dense activations, records them in ``trace`` (which records
+    only the plastic layers) and calls ``choose(layer)``, which reads the trace and returns the
+    neuron indices to update (empty or None: the layer stays frozen this step); the chosen
+    neurons are gathered and the layer's output goes on through :func:`plastic_forward`.
+    Layers are visited in ascending order. The layers below the lowest plastic one run without
+    autograd (for models with ``embed_ids`` / ``run_layers`` / ``head``).
+
+    For the selection the model's MLP must hand its override every token of the batch (not so
+    for experts of a mixture, which see their routed tokens) and the selector must need nothing
+    but the activations (not the predictor's scores); otherwise use :func:`trace_pass` +
+    :func:`resumed_forward`.
+    """
+    layers = sorted(plastic_layers)
+    trace.layers = frozenset(layers)
+    layouts = model.neuron_layouts()
+    slices: dict[int, PlasticSlice] = {}
+
+    def plastic(layer: int) -> Callable[[Tensor], Tensor]:
+        layout = layouts[layer]
+
+        def run(x: Tensor) -> Tensor:
+            out, h = dense_mlp(x, layout)
+            trace.record(layer, h)
+            idx = choose(layer)
+            if idx is None or not len(idx):
+                return out
+            slices[layer] = sl = gather_slice(layout, layer, idx)
+            return out + leaf_delta(x, layout, sl)
+        return run
+
+    overrides = {layer: plastic(layer) for layer in layers}
+    if all(hasattr(model, n) for n in ("embed_ids", "run_layers", "head")):
+        with torch.no_grad():
+            stream = model.run_layers(model.embed_ids(inputs), 0, layers[0])
+        with neuron_context(overrides=overrides):
+            logits = model.head(model.run_layers(stream, layers[0]))
+    else:
+        with neuron_context(overrides=overrides):
+            logits = model(inputs)
+    return logits, slices
 
 
 @torch.no_grad()
@@ -101,7 +171,7 @@ def read_rows(layout: NeuronLayout, idx: Tensor) -> Tensor:
     return _flat([w.index_select(0, idx) for w in layout.in_weights], layout.out_weight.index_select(1, idx))
 
 
-# -- the step's compute: one pass for selection, the step's pass resumed where it differs ------------
+# -- the two-pass form: a selection pass, then the step's pass resumed where it differs ----------------
 
 
 @dataclass

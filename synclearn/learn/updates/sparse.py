@@ -21,9 +21,13 @@ from torch import Tensor, nn
 
 from synclearn.learn.optim import RowSparseAdamW, RowSparseSGD
 from synclearn.learn.select import SELECTORS
-from synclearn.learn.sparse import TracedBatch, gather_slice, plastic_forward, resumed_forward, trace_pass, write_back
+from synclearn.learn.sparse import gather_slice, plastic_forward, resumed_forward, selecting_forward, trace_pass, write_back
 from synclearn.learn.updates.base import Forward, NeuronControls, Plan, UpdateConfig, UpdateRule
 from synclearn.model.neurons import NeuronTrace, neuron_context
+
+
+class _Refused(Exception):
+    """A batch the step cannot learn from; the message says why."""
 
 
 class SparseRowUpdate(UpdateRule):
@@ -60,42 +64,58 @@ class SparseRowUpdate(UpdateRule):
         self.optimizer.lr = value
 
     # -- the step ----------------------------------------------------------------------------------
-    def _select(self, batch: Any, step_index: int) -> tuple[dict[int, Tensor], TracedBatch] | str:
-        """Neurons to update per plastic layer (and what the selection pass leaves for the step's
-        forward), or the reason the batch cannot be learned."""
+    def _chooser(self, trace: NeuronTrace, source: str, step_index: int):
+        """choose(layer) -> the neurons to update, from ``trace``; raises :class:`_Refused`."""
         selector = self.config.selector
-        fn, source = (selector, "mass") if callable(selector) else SELECTORS[selector]
-        trace = NeuronTrace(mask=batch.mask, predicted=source == "predicted_mass")
-        traced = trace_pass(self.model, batch.inputs, trace, list(self.config.plastic_layers))
+        fn = selector if callable(selector) else SELECTORS[selector][0]
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step_index)
-        chosen = {}
-        for layer in self.config.plastic_layers:
+
+        def choose(layer: int) -> Tensor:
             scores = getattr(trace, source).get(layer)
             if scores is None:
                 raise RuntimeError(f"layer {layer} recorded no {source}; selector {selector!r} needs it")
             if not torch.isfinite(scores).all():
-                return f"non-finite activations in layer {layer}"
-            chosen[layer] = fn(scores, self.budget[layer], locked=self.controls.protected.get(layer),
-                               exploration=self.config.exploration, generator=gen,
-                               background=self.controls.background.get(layer))
-        return chosen, traced
+                raise _Refused(f"non-finite activations in layer {layer}")
+            return fn(scores, self.budget[layer], locked=self.controls.protected.get(layer),
+                      exploration=self.config.exploration, generator=gen,
+                      background=self.controls.background.get(layer))
+        return choose
+
+    def one_pass(self, source: str) -> bool:
+        """Whether the step selects inside its own forward (:func:`selecting_forward`): not for a
+        selector that reads the predictor's scores, nor for experts of a mixture."""
+        return source != "predicted_mass" and "expert" not in getattr(self.model, "neuron_families", ())
 
     def forward(self, batch: Any, step_index: int) -> Forward | str:
-        layouts = self.model.neuron_layouts()
-        selected = self._select(batch, step_index)
-        if isinstance(selected, str):
-            return selected
-        selected, traced = selected
-        chosen = {layer: idx for layer, idx in selected.items() if len(idx)}
-        if not chosen:
+        selector = self.config.selector
+        source = "mass" if callable(selector) else SELECTORS[selector][1]
+        trace = NeuronTrace(mask=batch.mask, predicted=source == "predicted_mass")
+        choose = self._chooser(trace, source, step_index)
+        layers = sorted(self.config.plastic_layers)
+        try:
+            if self.one_pass(source):
+                logits, slices = selecting_forward(self.model, batch.inputs, trace, layers, choose)
+            else:
+                logits, slices = self._two_pass(batch, trace, layers, choose)
+        except _Refused as refused:
+            return str(refused)
+        if not slices:
             return "no neuron of a plastic layer fired for this batch"
-        slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items()}
-        overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
-        with neuron_context(overrides=overrides):  # frozen layers below the lowest plastic one: from the trace pass
-            logits = resumed_forward(self.model, batch.inputs, traced)
-            loss, per_example = batch.loss(logits)
+        loss, per_example = batch.loss(logits)
         leaves = [leaf for sl in slices.values() for leaf in sl.leaves]
         return Forward(loss, per_example, leaves, slices, reproduced=batch.reproduced(logits))
+
+    def _two_pass(self, batch: Any, trace: NeuronTrace, layers: list[int], choose) -> tuple[Tensor, dict]:
+        """A selection pass (:func:`trace_pass`), then the step's forward through the chosen neurons."""
+        layouts = self.model.neuron_layouts()
+        traced = trace_pass(self.model, batch.inputs, trace, layers)
+        chosen = {layer: choose(layer) for layer in layers}
+        slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items() if len(idx)}
+        if not slices:
+            return None, {}
+        overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
+        with neuron_context(overrides=overrides):  # frozen layers below the lowest plastic one: from the trace pass
+            return resumed_forward(self.model, batch.inputs, traced), slices
 
     def plan(self, forward: Forward, grads: list[Tensor]) -> Plan | str:
         slices = forward.context
