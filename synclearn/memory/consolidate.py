@@ -14,7 +14,11 @@ Policies (one signature: ``Consolidation(learner, policy=..., ...)``, then ``con
 
 * ``"off"``: importance is still tracked, nothing is protected;
 * ``"lock"``: the ``fraction`` most important neurons of each plastic layer are locked; the
-  neuron selector never picks them, so they never change;
+  neuron selector never picks them, so they never change. With ``accumulate=True`` every
+  ``consolidate()`` adds its top neurons to the earlier locks, so the locked share only grows;
+  with ``accumulate=False`` the locks are the current top ``fraction`` of the decayed
+  importance: at most ``fraction`` of a layer is locked, and a neuron is released once its
+  importance (renewed by replayed steps that use it) falls out of the top;
 * ``"damp"``: each neuron's learning rate is divided by 1 + strength * importance / mean;
 * ``"ewc"``: for LoRA/full updates, a penalty strength * sum F (theta - theta*)^2 pulls every
   trainable parameter toward its value at the last ``consolidate()``, weighted by the
@@ -75,10 +79,12 @@ class Consolidation:
         strength: damping factor ("damp") or penalty weight ("ewc").
         decay: importance decay per observation.
         importance: "fisher" or "mas", the weights of the EWC penalty.
+        accumulate: "lock" only: keep every earlier lock (True) or hold at most ``fraction``
+            locked, the current top (False); it releases only neurons it locked itself.
     """
 
     def __init__(self, learner: Any, policy: str = "lock", *, fraction: float = 0.1, strength: float = 1.0,
-                 decay: float = 0.99, importance: str = "fisher") -> None:
+                 decay: float = 0.99, importance: str = "fisher", accumulate: bool = True) -> None:
         bad = []
         if policy not in POLICIES:
             bad.append(f"policy={policy!r} (expected one of {POLICIES})")
@@ -95,7 +101,8 @@ class Consolidation:
         if bad:
             raise ValueError("invalid Consolidation settings: " + "; ".join(bad))
         self.learner, self.policy, self.fraction, self.strength = learner, policy, fraction, strength
-        self.importance_kind = importance
+        self.importance_kind, self.accumulate = importance, bool(accumulate)
+        self.locked: dict[int, Tensor] = {}  # layer -> the neurons this object locked (accumulate=False)
         layouts = learner.model.neuron_layouts()
         self.neurons = NeuronImportance({layer: layouts[layer].d_ff for layer in learner.plastic_layers}, decay)
         self.fisher: dict[int, Tensor] = {}
@@ -160,6 +167,12 @@ class Consolidation:
         if self.policy == "lock":
             for layer in learner.plastic_layers:
                 top = self.neurons.top(layer, self.fraction)
+                if not self.accumulate:
+                    released = self.locked.get(layer, torch.empty(0, dtype=torch.long))
+                    released = released[~torch.isin(released, top)]
+                    if len(released):
+                        learner.unprotect(layer, released)
+                    self.locked[layer] = top
                 if len(top):
                     learner.protect(layer, top)
                 mask = learner.protected(layer)

@@ -46,6 +46,36 @@ def test_locked_important_neurons_never_change():
         assert torch.equal(model.mlps[layer].down.weight[:, idx], before[layer][1])
 
 
+def test_bounded_locks_hold_at_most_the_fraction_and_release_what_faded():
+    """accumulate=False: every consolidate() locks the current top of the decayed importance, so
+    the locked share never passes ``fraction`` and a neuron no step uses any more is released;
+    accumulate=True keeps every earlier lock, so the share grows as the learner moves on."""
+    shares = {}
+    for accumulate in (True, False):
+        learner = Learner(tiny(), neuron_fraction=0.1, plastic_layers=2, exploration=0.0, seed=0)
+        cons = Consolidation(learner, "lock", fraction=0.2, decay=0.5, accumulate=accumulate)
+        learner.protect(1, [0])  # someone else's protection, never released by the consolidation
+        history = []
+        for task in (TASK_A, TASK_B, chat_pairs(8, seed=11), TASK_A[:2]):
+            for _ in range(3):
+                learner.step(task)
+            cons.consolidate()
+            history.append({layer: learner.protected(layer).clone() for layer in learner.plastic_layers})
+        assert all(h[1][0] for h in history)
+        shares[accumulate] = [max(float(m.float().mean()) for m in h.values()) for h in history]
+        if not accumulate:
+            assert all(share <= (round(0.2 * 128) + 1) / 128 for share in shares[False])  # the fraction (+ the outside lock)
+            for layer in learner.plastic_layers:  # the locks are the current top of the importance
+                top = cons.neurons.top(layer, 0.2)
+                mask = learner.protected(layer).clone()
+                if layer == 1:
+                    mask[0] = bool(torch.isin(torch.tensor(0), top))
+                assert torch.equal(mask.nonzero().flatten(), top)
+            released = history[0][2] & ~history[-1][2]
+            assert released.any()  # task A's first neurons faded out of the top and are free again
+    assert shares[True][-1] > (round(0.2 * 128) + 1) / 128 and shares[True][-1] > shares[False][-1]
+
+
 def test_importance_comes_from_steps_and_traffic_and_decays():
     learner = Learner(tiny(), neuron_fraction=0.1, plastic_layers=1)
     cons = Consolidation(learner, "off", decay=0.5)
