@@ -156,7 +156,21 @@ def long_context(args, model) -> list[dict]:
     tm, tt = measure_training((mcsd, llama), args, args.device)
     rows += [dict(part="training", model=args.model, side=side.label, context=args.train_seq, value=r["train"], unit="tok/s",
                   ratio=r["train"] / tt["train"], runs_s=r["runs_s"]) for side, r in ((mcsd, tm), (llama, tt))]
+    rows[-2]["bound"] = training_flops_bound(model.config, llama.model.config, args.train_seq)
     return rows
+
+
+def training_flops_bound(mcsd, llama, seq: int) -> float:
+    """Llama's matmul flops per trained token over MCSD's at context ``seq``: how far MCSD could
+    lead if both ran their matmuls at one rate. Weights: 2 flops per weight element per token
+    (x3 with backward, the same factor on both sides); Llama's attention adds QK^T and AV over
+    the whole context, 4 * seq * D per layer (no causal skipping: the generous case for MCSD,
+    whose scan is counted as free)."""
+    d = mcsd.d_model
+    mcsd_w = mcsd.n_layers * (6 * d * d + 2 * d * mcsd.d_ff)  # the predictors take no part in training
+    llama_w = llama.num_hidden_layers * (4 * d * d + 3 * d * llama.intermediate_size)
+    attention = llama.num_hidden_layers * 4 * seq * d / 2  # per weight-flop unit (2 flops per element)
+    return round((llama_w + attention) / mcsd_w, 3)
 
 
 STEP_FORMS = {  # form -> label
