@@ -10,7 +10,10 @@ For each plastic layer, the selected neurons' weights are gathered into small le
 ``a - sg(a)`` is exactly zero, so ``out`` is bitwise the dense layer's output: the step's
 loss is the served model's loss. Its backward gives the leaves their gradients ([k, D] only,
 never d_ff x D) and x the dense layer's (every neuron's weights are the same values), so the
-layers below get exact gradients too. Base weights have ``requires_grad=False``, so the
+layers below get exact gradients too. (So the frozen neurons of a plastic layer are computed:
+the selector reads their activations, and with more than one plastic layer the gradient of the
+lower ones passes through every neuron of the upper ones. What the step does not compute is
+any gradient of a frozen weight, nor anything twice.) Base weights have ``requires_grad=False``, so the
 autograd graph starts at the first plastic layer and backward stops there by itself.
 
 The step runs in one pass (:func:`selecting_forward`): each plastic layer computes its dense
