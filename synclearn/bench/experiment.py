@@ -49,13 +49,16 @@ from synclearn.options import REHEARSAL_FIELDS, AttachOptions, LearnerOptions, S
 _ATTACH = AttachOptions()  # MemorySetup's defaults are the attach options' (defined once)
 
 
-def make_consolidation(learner: Any, policy: str = "auto", **options: Any):
+def make_consolidation(learner: Any, policy: str = "auto", sparse_policy: str = "lock", **options: Any):
     """A :class:`~synclearn.memory.Consolidation` for ``learner``; ``policy="auto"`` picks
-    "lock" for sparse learners and "ewc" for LoRA/full ones (which have no neurons to lock)."""
+    ``sparse_policy`` ("lock" or "damp") for sparse learners and "ewc" for LoRA/full ones
+    (which have no neurons to lock or damp)."""
     from synclearn.memory import Consolidation
 
+    if sparse_policy not in ("lock", "damp"):
+        raise ValueError(f"sparse_policy={sparse_policy!r} (expected 'lock' or 'damp')")
     if policy == "auto":
-        policy = "lock" if learner.update == "sparse" else "ewc"
+        policy = sparse_policy if learner.update == "sparse" else "ewc"
     return Consolidation(learner, policy, **options)
 
 

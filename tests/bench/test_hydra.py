@@ -136,3 +136,14 @@ def test_tiny_multirun_then_report(tmp_path, cache, capsys):
     rows = (sweep / "report.csv").read_text().splitlines()
     assert len(rows) == 3 and "recall_d5" in rows[0]
     assert Path(sweep / "report.png").is_file()
+
+
+@pytest.mark.parametrize("update,policy", [("sparse", "damp"), ("lora", "ewc")])
+def test_memory_damp_damps_sparse_learners_and_gives_dense_ones_ewc(update, policy, tiny_model):
+    cfg = compose_with("memory=damp", f"learner={update}")
+    memory = instantiate(cfg.memory)
+    memory.bind(Learner(tiny_model, None, **instantiate(cfg.learner).kwargs()), instantiate(cfg.replay))
+    assert memory.consolidator.policy == policy
+    with pytest.raises(ValueError, match="sparse_policy='freeze'"):
+        instantiate(compose_with("memory.consolidation.sparse_policy=freeze").memory).bind(
+            Learner(tiny_model, None, **instantiate(cfg.learner).kwargs()), instantiate(cfg.replay))
