@@ -22,6 +22,8 @@ Sweeps (learner x memory, as the issue asks: ``learner=sparse,lora,full memory=n
 * ``main_job``: the main job on its defaults (``synclearn run``), seeds 0-2, with rehearsal ended
   by loss (the default) and until the model reproduces the turn (``memory.until_reproduced``).
 * ``chat_facts_quick``: every learner x memory on experiment=quick (20 facts, delays up to 200).
+* ``main_job_damp``: the main job with ``memory=damp`` (damping instead of locks) at 10% of the
+  neurons a step, seeds 0-2.
 * ``split_digits``: class-incremental split digits (experiment=split_digits), seeds 0-2;
   ``split_digits_anchors``: the sparse learner with logit replay there (memory=anchors).
 * ``text_domains``: domain-incremental language modelling (experiment=text_domains), seeds 0-2.
@@ -77,6 +79,16 @@ SWEEPS: dict[str, dict] = {
         "representative": {"memory.until_reproduced": "false"},
         "cores_per_job": 2,
         "columns": ["memory.until_reproduced"],
+    },
+    "main_job_damp": {
+        "grid": ["memory.consolidation.policy=damp", "learner.neuron_fraction=0.1"],
+        "overrides": [],
+        "metrics": MAIN_JOB_METRICS,
+        "title": "chat-facts, the main job with damping instead of locks (memory=damp, 10% of the neurons a step)",
+        "plots": MAIN_JOB_PLOTS,
+        "representative": {"seed": "0"},
+        "cores_per_job": 2,
+        "columns": ["memory.consolidation.policy", "learner.neuron_fraction"],
     },
     "chat_facts_quick": {
         "grid": GRID,
@@ -259,6 +271,11 @@ def goals(dest: Path) -> list[str]:
     if main:
         m = {k: _mean(main, k, **{"memory.until_reproduced": "false"}) for k in GOAL_METRICS}
         lines += _goal_lines(f"the main job on its defaults, `synclearn run`, seeds {main[0].get('seeds', '')}", m)
+    damp = _groups(dest, "main_job_damp")
+    if damp:
+        m = {k: _mean(damp, k) for k in GOAL_METRICS}
+        lines += _goal_lines(f"the main job with damping instead of locks (memory=damp, 10% of the neurons), "
+                             f"seeds {damp[0].get('seeds', '')}", m)
     digits = _groups(dest, "split_digits")
     if digits:
         cons = _mean(digits, "acc", learner="sparse", memory="consolidate")
