@@ -315,6 +315,34 @@ def learn_keep_section(dest: Path) -> list[str]:
     return out + ["", "![learn vs keep](results/learn_keep/learn_keep.png)", ""]
 
 
+def sparse_section(dest: Path) -> list[str]:
+    """Sparse decode and the sparse step on CPU: ``experiments/bench_sparse.py``'s JSON, copied to
+    ``<dest>/bench_sparse.json`` (a wall-clock benchmark: re-run it on a quiet machine)."""
+    path = dest / "bench_sparse.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    env = data.get("environment", {})
+    out = ["## Sparse decode and the sparse learning step (CPU, batch 1)", "",
+           f"`{data['command']}` ({env.get('threads')} thread, torch {env.get('torch')}, load average "
+           f"{env.get('loadavg_start', [0])[0]:.2f} at the start). `bound`: the weight elements a dense token "
+           "reads over those a sparse one reads (decode), or Llama's matmul flops per trained token over "
+           "MCSD's (training): the most that side can gain when both run at one rate.", "",
+           "| part | model | side | context | value | unit | ratio | bound |", "|---|---|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        value = f"{r['value']:,.0f}" if abs(r["value"]) >= 100 else f"{r['value']:.3f}"
+        bound = f"{r['bound']:.2f}x" if "bound" in r else ""
+        out.append(f"| {r['part']} | {r['model']} | {r['side']} | {r['context']} | {value} | {r['unit']} | "
+                   f"{r['ratio']:.2f}x | {bound} |")
+    step = [r for r in data["results"] if "bitwise_equal" in r]
+    if step:
+        out += ["", "The sparse step's forms: selections, loss and gradients bitwise equal to the first form's: "
+                + ", ".join(f"{r['side']} {'yes' if r['bitwise_equal'] else 'NO'}" for r in step) + "."]
+    out += ["", "Goals: " + "; ".join(f"{k} {g['value']:.2f} (target {g['target']}: {'met' if g['met'] else 'NOT met'})"
+                                     for k, g in data.get("goals", {}).items()) + ".", ""]
+    return out
+
+
 def gpu_section(dest: Path) -> list[str]:
     """Figures from one H200 run of ``bash experiments/gpu_check.sh``, kept in ``<dest>/gpu/``
     (CI has no GPU: these are re-measured only where one is lent)."""
@@ -404,6 +432,7 @@ def render(dest: Path) -> str:
             out += ["", f"(plots of one run: {meta.get('representative', '')}, "
                         f"{' '.join(f'{k}={v}' for k, v in spec['representative'].items())})", ""]
     out += learn_keep_section(dest)
+    out += sparse_section(dest)
     out += gpu_section(dest)
     out += ["## Definitions", "",
             "ACC = mean final accuracy over tasks; BWT = mean change of a task's accuracy from just after it was "
