@@ -55,9 +55,9 @@ from common import environment, print_table, write_json  # noqa: E402
 
 from synclearn.data import chat_pairs, encode_corpus  # noqa: E402
 from synclearn.learn.select import SELECTORS  # noqa: E402
-from synclearn.learn.sparse import gather_slice, plastic_forward, resumed_forward, selecting_forward, trace_pass  # noqa: E402
+from synclearn.learn.sparse import step_forward  # noqa: E402
 from synclearn.model import ByteTokenizer, SparseSpec, build_model, fit_predictors, load_model, named_config  # noqa: E402
-from synclearn.model import NeuronTrace, neuron_context  # noqa: E402
+from synclearn.model import NeuronTrace  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -191,25 +191,13 @@ def sparse_learning(args) -> list[dict]:
     ids = torch.cat(batch)  # [B, T + 1]
     inputs, targets = ids[:, :-1], ids[:, 1:]
     mask = torch.ones_like(inputs, dtype=torch.float32)
-    layouts = model.neuron_layouts()
 
     def core(form: str):
         trace = NeuronTrace(mask=mask)
         fn, source = SELECTORS["topk"]
         gen = torch.Generator().manual_seed(0)
         choose = lambda l: fn(getattr(trace, source)[l], budget, locked=None, exploration=0.0, generator=gen)  # noqa: E731
-        if form == "one_pass":
-            logits, slices = selecting_forward(model, inputs, trace, layers, choose)
-        else:
-            if form == "two_pass":
-                traced = trace_pass(model, inputs, trace, layers)
-            else:
-                with torch.no_grad(), neuron_context(trace=trace):
-                    model(inputs)
-            slices = {l: gather_slice(layouts[l], l, choose(l)) for l in layers}
-            overrides = {l: (lambda x, lo=layouts[l], sl=sl: plastic_forward(x, lo, sl)) for l, sl in slices.items()}
-            with neuron_context(overrides=overrides):
-                logits = resumed_forward(model, inputs, traced) if form == "two_pass" else model(inputs)
+        logits, slices = step_forward(model, inputs, trace, layers, choose, form)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         grads = torch.autograd.grad(loss, [t for sl in slices.values() for t in sl.leaves])
         return [sl.idx for sl in slices.values()], loss, grads

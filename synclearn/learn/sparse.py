@@ -223,3 +223,42 @@ def resumed_forward(model: torch.nn.Module, inputs: Tensor, traced: TracedBatch)
     if traced.stream is None:
         return model(inputs)
     return model.head(model.run_layers(traced.stream, traced.start))
+
+
+STEP_FORMS = ("one_pass", "two_pass", "reference")
+
+
+def step_forward(model: torch.nn.Module, inputs: Tensor, trace: NeuronTrace, plastic_layers: list[int],
+                 choose: Chooser, form: str = "one_pass") -> tuple[Tensor | None, dict[int, PlasticSlice]]:
+    """The sparse step's forward, (logits, slices), in one of its three forms -- bitwise one result:
+
+    * ``"one_pass"``: :func:`selecting_forward`;
+    * ``"two_pass"``: :func:`trace_pass`, then every plastic layer chooses, then
+      :func:`resumed_forward` through the gathered neurons (selectors that read the predictor);
+    * ``"reference"``: a whole dense forward records the trace, then a whole forward through the
+      gathered neurons (the slow reference the other two are proven against).
+
+    ``choose`` as in :func:`selecting_forward` (called in ascending layer order). When no layer
+    chose a neuron the logits are None and ``slices`` is empty.
+    """
+    if form not in STEP_FORMS:
+        raise ValueError(f"form={form!r} (expected one of {STEP_FORMS})")
+    if form == "one_pass":
+        return selecting_forward(model, inputs, trace, plastic_layers, choose)
+    layers = sorted(plastic_layers)
+    layouts = model.neuron_layouts()
+    if form == "two_pass":
+        traced = trace_pass(model, inputs, trace, layers)
+    else:
+        trace.layers = frozenset(layers)
+        with torch.no_grad(), neuron_context(trace=trace):
+            model(inputs)
+    chosen = {layer: choose(layer) for layer in layers}
+    slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items()
+              if idx is not None and len(idx)}
+    if not slices:
+        return None, {}
+    overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
+    with neuron_context(overrides=overrides):
+        logits = resumed_forward(model, inputs, traced) if form == "two_pass" else model(inputs)
+    return logits, slices

@@ -4,7 +4,9 @@
 * two passes: :func:`trace_pass` (stops after the plastic layers) + :func:`resumed_forward`
   (starts at the lowest plastic layer) -- what selectors that read the predictor use;
 * one pass: :func:`selecting_forward`, each plastic layer choosing from its own activations --
-  what the sparse learner runs by default.
+  what the sparse learner runs by default
+
+(:func:`synclearn.learn.sparse.step_forward` runs each).
 
 Same neurons chosen, same activation scores, same loss, same gradients (``torch.equal``), and the
 loss is the dense model's own.
@@ -15,8 +17,9 @@ import torch
 
 from synclearn.learn import Learner
 from synclearn.learn.select import SELECTORS
-from synclearn.learn.sparse import gather_slice, plastic_forward, resumed_forward, selecting_forward, trace_pass
-from synclearn.model import MCSDConfig, NeuronTrace, build_model, neuron_context
+import synclearn.learn.sparse as sparse
+from synclearn.learn.sparse import step_forward, trace_pass
+from synclearn.model import MCSDConfig, NeuronTrace, build_model
 from synclearn.model.hf import load_hf_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,19 +33,7 @@ def step_core(model, ids, mask, layers, form, budget=6):
     fn, source = SELECTORS["topk"]
     gen = torch.Generator().manual_seed(0)
     choose = lambda l: fn(getattr(trace, source)[l], budget, locked=None, exploration=0.2, generator=gen)  # noqa: E731
-    layouts = model.neuron_layouts()
-    if form == "one_pass":
-        logits, slices = selecting_forward(model, ids, trace, layers, choose)
-    else:
-        if form == "two_pass":
-            traced = trace_pass(model, ids, trace, layers)
-        else:
-            with torch.no_grad(), neuron_context(trace=trace):
-                model(ids)
-        slices = {l: gather_slice(layouts[l], l, choose(l)) for l in sorted(layers)}
-        overrides = {l: (lambda x, lo=layouts[l], sl=sl: plastic_forward(x, lo, sl)) for l, sl in slices.items()}
-        with neuron_context(overrides=overrides):
-            logits = resumed_forward(model, ids, traced) if form == "two_pass" else model(ids)
+    logits, slices = step_forward(model, ids, trace, layers, choose, form)
     loss = (logits.log_softmax(-1)[..., 0] * mask).sum()
     grads = torch.autograd.grad(loss, [t for sl in slices.values() for t in sl.leaves])
     return {l: sl.idx for l, sl in slices.items()}, {l: trace.mass[l] for l in layers}, loss, grads
@@ -94,10 +85,8 @@ def test_trace_pass_records_only_the_plastic_layers():
 def test_the_learner_selects_in_one_pass_unless_its_selector_reads_the_predictor(monkeypatch):
     """The learner's own step runs one forward for topk and a selection pass first for the
     predictor selector (whose scores come from the predictors, not the activations)."""
-    import synclearn.learn.updates.sparse as rule
-
     calls = []
-    monkeypatch.setattr(rule, "trace_pass", lambda *a, **k: calls.append("trace_pass") or trace_pass(*a, **k))
+    monkeypatch.setattr(sparse, "trace_pass", lambda *a, **k: calls.append("trace_pass") or trace_pass(*a, **k))
     cfg = MCSDConfig(d_model=32, n_layers=3, n_channels=4, d_ff=64, chunk_size=16, predictor_rank=8)
     examples = [{"prompt": "Where does Ana live?", "response": "It's Oslo."}] * 2
     for selector, passes in (("topk", []), ("predictor", ["trace_pass"])):

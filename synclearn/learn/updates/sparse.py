@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from synclearn.learn.optim import RowSparseAdamW, RowSparseSGD
 from synclearn.learn.select import SELECTORS
-from synclearn.learn.sparse import gather_slice, plastic_forward, resumed_forward, selecting_forward, trace_pass, write_back
+from synclearn.learn.sparse import step_forward, write_back
 from synclearn.learn.updates.base import Forward, NeuronControls, Plan, UpdateConfig, UpdateRule
-from synclearn.model.neurons import NeuronTrace, neuron_context
+from synclearn.model.neurons import NeuronTrace
 
 
 class _Refused(Exception):
@@ -91,12 +91,9 @@ class SparseRowUpdate(UpdateRule):
         source = "mass" if callable(selector) else SELECTORS[selector][1]
         trace = NeuronTrace(mask=batch.mask, predicted=source == "predicted_mass")
         choose = self._chooser(trace, source, step_index)
-        layers = sorted(self.config.plastic_layers)
+        form = "one_pass" if self.one_pass(source) else "two_pass"
         try:
-            if self.one_pass(source):
-                logits, slices = selecting_forward(self.model, batch.inputs, trace, layers, choose)
-            else:
-                logits, slices = self._two_pass(batch, trace, layers, choose)
+            logits, slices = step_forward(self.model, batch.inputs, trace, list(self.config.plastic_layers), choose, form)
         except _Refused as refused:
             return str(refused)
         if not slices:
@@ -104,18 +101,6 @@ class SparseRowUpdate(UpdateRule):
         loss, per_example = batch.loss(logits)
         leaves = [leaf for sl in slices.values() for leaf in sl.leaves]
         return Forward(loss, per_example, leaves, slices, reproduced=batch.reproduced(logits))
-
-    def _two_pass(self, batch: Any, trace: NeuronTrace, layers: list[int], choose) -> tuple[Tensor, dict]:
-        """A selection pass (:func:`trace_pass`), then the step's forward through the chosen neurons."""
-        layouts = self.model.neuron_layouts()
-        traced = trace_pass(self.model, batch.inputs, trace, layers)
-        chosen = {layer: choose(layer) for layer in layers}
-        slices = {layer: gather_slice(layouts[layer], layer, idx) for layer, idx in chosen.items() if len(idx)}
-        if not slices:
-            return None, {}
-        overrides = {layer: (lambda x, lo=layouts[layer], sl=sl: plastic_forward(x, lo, sl)) for layer, sl in slices.items()}
-        with neuron_context(overrides=overrides):  # frozen layers below the lowest plastic one: from the trace pass
-            return resumed_forward(self.model, batch.inputs, traced), slices
 
     def plan(self, forward: Forward, grads: list[Tensor]) -> Plan | str:
         slices = forward.context
