@@ -13,8 +13,9 @@ never d_ff x D) and x the dense layer's (every neuron's weights are the same val
 layers below get exact gradients too. (So the frozen neurons of a plastic layer are computed:
 the selector reads their activations, and with more than one plastic layer the gradient of the
 lower ones passes through every neuron of the upper ones. What the step does not compute is
-any gradient of a frozen weight, nor anything twice.) Base weights have ``requires_grad=False``, so the
-autograd graph starts at the first plastic layer and backward stops there by itself.
+any gradient of a frozen weight, nor anything twice.) Base weights have
+``requires_grad=False``, so the autograd graph starts at the first plastic layer and backward
+stops there by itself.
 
 The step runs in one pass (:func:`selecting_forward`): each plastic layer computes its dense
 activations, records them, lets the selector choose from them and gathers the chosen neurons
@@ -224,6 +225,8 @@ def resumed_forward(model: torch.nn.Module, inputs: Tensor, traced: TracedBatch)
         return model(inputs)
     return model.head(model.run_layers(traced.stream, traced.start))
 
+
+# -- the three forms behind one call -----------------------------------------------------------------
 
 STEP_FORMS = ("one_pass", "two_pass", "reference")
 
