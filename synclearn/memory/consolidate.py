@@ -168,11 +168,14 @@ class Consolidation:
             for layer in learner.plastic_layers:
                 top = self.neurons.top(layer, self.fraction)
                 if not self.accumulate:
-                    released = self.locked.get(layer, torch.empty(0, dtype=torch.long))
-                    released = released[~torch.isin(released, top)]
-                    if len(released):
-                        learner.unprotect(layer, released)
-                    self.locked[layer] = top
+                    held = self.locked.get(layer, torch.empty(0, dtype=torch.long))
+                    kept = torch.isin(held, top)
+                    if not kept.all():
+                        learner.unprotect(layer, held[~kept])
+                    mask = learner.protected(layer)
+                    others = mask[top] if mask is not None else torch.zeros(len(top), dtype=torch.bool)
+                    # ours: what we still hold, and what we now lock that nobody else protects
+                    self.locked[layer] = top[~others | torch.isin(top, held[kept])]
                 if len(top):
                     learner.protect(layer, top)
                 mask = learner.protected(layer)

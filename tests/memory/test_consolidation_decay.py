@@ -76,6 +76,20 @@ def test_bounded_locks_hold_at_most_the_fraction_and_release_what_faded():
     assert shares[True][-1] > (round(0.2 * 128) + 1) / 128 and shares[True][-1] > shares[False][-1]
 
 
+def test_bounded_locks_never_release_a_neuron_someone_else_protected():
+    learner = Learner(tiny(), neuron_fraction=0.1, plastic_layers=1, seed=0)
+    cons = Consolidation(learner, "lock", fraction=0.1, accumulate=False)
+    learner.protect(2, [5])
+    scores = cons.neurons.scores[2]
+    scores[[5, 6]] = 1.0  # both in the top: 5 was protected already, 6 is locked by the consolidation
+    cons.consolidate()
+    scores.zero_()
+    scores[[7]] = 1.0  # both leave the top
+    cons.consolidate()
+    mask = learner.protected(2)
+    assert mask[5] and not mask[6] and mask[7]
+
+
 def test_importance_comes_from_steps_and_traffic_and_decays():
     learner = Learner(tiny(), neuron_fraction=0.1, plastic_layers=1)
     cons = Consolidation(learner, "off", decay=0.5)
