@@ -87,12 +87,18 @@ def decode_vs_fraction(args, model=None, name=None, part="decode vs dense") -> t
             for s, r in zip(sides, out)], model
 
 
+def layer_weights(config) -> tuple[int, int, int]:
+    """Weight elements of one MCSD layer: (mixer: 4 in + 2 out projections, MLP: up + down,
+    predictor with its bias)."""
+    d, ff, r = config.d_model, config.d_ff, config.predictor_rank
+    return 6 * d * d, 2 * d * ff, r * (d + ff) + ff if r else 0
+
+
 def weight_bytes_bound(config, fraction: float) -> float:
     """Dense weight elements read per decoded token over sparse ones at ``fraction`` of each MLP's
     neurons: the speed-up limit of a bandwidth-bound decode (the state is a few KB; not counted)."""
-    d, ff, r, v = config.d_model, config.d_ff, config.predictor_rank, config.vocab_size
-    mixer, mlp, pred = 6 * d * d, 2 * d * ff, r * (d + ff) + ff
-    head = v * d
+    mixer, mlp, pred = layer_weights(config)
+    head = config.vocab_size * config.d_model
     dense = config.n_layers * (mixer + mlp) + head
     sparse = config.n_layers * (mixer + pred + fraction * mlp) + head
     return round(dense / sparse, 3)
@@ -167,7 +173,7 @@ def training_flops_bound(mcsd, llama, seq: int) -> float:
     the whole context, 4 * seq * D per layer (no causal skipping: the generous case for MCSD,
     whose scan is counted as free)."""
     d = mcsd.d_model
-    mcsd_w = mcsd.n_layers * (6 * d * d + 2 * d * mcsd.d_ff)  # the predictors take no part in training
+    mcsd_w = mcsd.n_layers * sum(layer_weights(mcsd)[:2])  # the predictors take no part in training
     llama_w = llama.num_hidden_layers * (4 * d * d + 3 * d * llama.intermediate_size)
     attention = llama.num_hidden_layers * 4 * seq * d / 2  # per weight-flop unit (2 flops per element)
     return round((llama_w + attention) / mcsd_w, 3)

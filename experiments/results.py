@@ -55,41 +55,34 @@ sys.path.insert(0, str(ROOT))
 from synclearn.eval.report import write_report
 
 GRID = ["learner=sparse,lora,full", "memory=none,replay,consolidate"]
-# what the two sweeps of the main job (40 facts, delays up to 1000) report: both sides
+# what the sweeps of the main job (40 facts, delays up to 1000) report: both sides
 MAIN_JOB_METRICS = ["recall_d0", "recall_d10", "recall_d100", "recall_d1000", "recall_other_d1000", "rank_recall_d1000",
                     "acc", "bwt", "forgetting", "text_nll_change", "chat_nll_change", "format_vs_base", "locality",
                     "free_share_min", "latency_overhead_p50", "learner_steps", "stream_s"]
 MAIN_JOB_PLOTS = ["retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"]
+
+
+def _main_job_sweep(grid: list[str], title: str, representative: dict[str, str],
+                    columns: list[str] | None = None) -> dict:
+    """A sweep of the main job (its metrics and plots, one run at a time on 2 cores)."""
+    spec = {"grid": grid, "overrides": [], "metrics": MAIN_JOB_METRICS, "title": title, "plots": MAIN_JOB_PLOTS,
+            "representative": representative, "cores_per_job": 2}
+    return spec | ({"columns": columns} if columns else {})
+
+
 SWEEPS: dict[str, dict] = {
-    "chat_facts": {
-        "grid": ["learner=sparse", "memory=none,consolidate,anchors"],
-        "overrides": [],
-        "metrics": MAIN_JOB_METRICS,
-        "title": "chat-facts, the main job (conf/config.yaml: 40 facts, probes up to 1000 later interactions)",
-        "plots": MAIN_JOB_PLOTS,
-        "representative": {"memory": "consolidate"},
-        "cores_per_job": 2,
-    },
-    "main_job": {
-        "grid": ["memory.until_reproduced=false,true"],
-        "overrides": [],
-        "metrics": MAIN_JOB_METRICS,
-        "title": "chat-facts, the main job on its defaults (rehearsal ended by loss, the default, vs until reproduced)",
-        "plots": MAIN_JOB_PLOTS,
-        "representative": {"memory.until_reproduced": "false"},
-        "cores_per_job": 2,
-        "columns": ["memory.until_reproduced"],
-    },
-    "main_job_damp": {
-        "grid": ["memory.consolidation.policy=damp", "learner.neuron_fraction=0.1"],
-        "overrides": [],
-        "metrics": MAIN_JOB_METRICS,
-        "title": "chat-facts, the main job with damping instead of locks (memory=damp, 10% of the neurons a step)",
-        "plots": MAIN_JOB_PLOTS,
-        "representative": {"seed": "0"},
-        "cores_per_job": 2,
-        "columns": ["memory.consolidation.policy", "learner.neuron_fraction"],
-    },
+    "chat_facts": _main_job_sweep(
+        ["learner=sparse", "memory=none,consolidate,anchors"],
+        "chat-facts, the main job (conf/config.yaml: 40 facts, probes up to 1000 later interactions)",
+        {"memory": "consolidate"}),
+    "main_job": _main_job_sweep(
+        ["memory.until_reproduced=false,true"],
+        "chat-facts, the main job on its defaults (rehearsal ended by loss, the default, vs until reproduced)",
+        {"memory.until_reproduced": "false"}, ["memory.until_reproduced"]),
+    "main_job_damp": _main_job_sweep(
+        ["memory.consolidation.policy=damp", "learner.neuron_fraction=0.1"],
+        "chat-facts, the main job with damping instead of locks (memory=damp, 10% of the neurons a step)",
+        {"seed": "0"}, ["memory.consolidation.policy", "learner.neuron_fraction"]),
     "chat_facts_quick": {
         "grid": GRID,
         "overrides": ["experiment=quick"],
@@ -281,7 +274,7 @@ def goals(dest: Path) -> list[str]:
         cons = _mean(digits, "acc", learner="sparse", memory="consolidate")
         rep = _mean(digits, "acc", learner="sparse", memory="replay")
         lines.append(f"- split-digits class-incremental ACC, consolidation {cons:.3f} vs plain replay (same buffer) "
-                     f"{rep:.3f} (goal: at least replay: {'met' if cons >= rep else 'NOT met'}).")
+                     f"{rep:.3f} (goal: at least replay: {_met(cons >= rep)}).")
     der = _groups(dest, "split_digits_anchors")
     if der:
         acc = _mean(der, "acc", learner="sparse", memory="anchors")
