@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: batches in a row without ``min_gain`` on a new row's best loss that end its rehearsal
+STALL_STEPS = 2
+
 Policy = Callable[["Candidates", int, np.random.Generator, float], Sequence[int]]
 
 
@@ -249,8 +252,10 @@ class ReplayBatchBuilder:
 
     A new row stays new for up to ``new_repeats`` committed batches (each with a fresh
     replay draw) and is marked learned after the last, as soon as its recorded loss falls
-    below ``learned_loss``, or once a step lowered its loss by less than ``min_gain`` (a share
-    of the previous loss: the row has stopped improving): a lesson is rehearsed until it has
+    below ``learned_loss``, or once :data:`STALL_STEPS` steps in a row each left its loss above
+    ``(1 - min_gain)`` times its best so far (the row has stopped improving; one step alone
+    does not tell: the first step on a row often barely moves its loss, with fresh replay around
+    it, and ending there left ~1 in 4 taught facts unlearned): a lesson is rehearsed until it has
     been taken in, as a person repeats a new name a few times, and what cannot be learned
     quickly does not hold up the rest. With ``until_reproduced`` the early end is instead the
     model reproducing the row (``commit``'s ``reproduced``: every response token its most
@@ -268,8 +273,8 @@ class ReplayBatchBuilder:
         new_repeats: Batches each new row is trained in before it counts as learned.
         learned_loss: A new row counts as learned early once its loss (as recorded by
             ``commit``, measured before that step's update) is below this (None: never early).
-        min_gain: A new row also counts as learned once its loss fell by less than this share
-            since its previous batch (None: no plateau rule).
+        min_gain: A new row also counts as learned once :data:`STALL_STEPS` batches in a row
+            left its loss above ``(1 - min_gain)`` times its best loss so far (None: no plateau rule).
         max_attempts: Rejected batches (failed or skipped steps, see ``reject``) a new row may be
             in, alone, before it is set aside unlearned.
         until_reproduced: A new row counts as learned early once the model reproduces it
@@ -305,7 +310,7 @@ class ReplayBatchBuilder:
             raise ValueError(f"max_attempts must be a positive int, got {max_attempts!r}")
         self.new_repeats, self.learned_loss, self.min_gain = new_repeats, learned_loss, min_gain
         self.until_reproduced = bool(until_reproduced)
-        self._repeats: dict[int, tuple[int, float]] = {}  # new row id -> (batches so far, last loss)
+        self._repeats: dict[int, tuple[int, float, int]] = {}  # new row id -> (batches, best loss, stalled batches)
         self.log, self.policy = log, policy
         self.replay_ratio, self.batch_size, self.seed = float(replay_ratio), batch_size, int(seed)
         self.use_corrections = use_corrections
@@ -384,17 +389,18 @@ class ReplayBatchBuilder:
         done = []
         for k, rid in enumerate(new_ids):
             self._failures.pop(rid, None)
-            count, last = self._repeats.pop(rid, (0, math.inf))
+            count, best, flat = self._repeats.pop(rid, (0, math.inf, 0))
             loss = float(losses[k]) if losses is not None else math.nan
             if self.until_reproduced:
                 learned = reproduced is not None and bool(reproduced[k])
             else:
                 learned = loss < self.learned_loss if self.learned_loss is not None else False
-            stalled = self.min_gain is not None and loss > last * (1.0 - self.min_gain)
-            if count + 1 >= self.new_repeats or learned or stalled:
+            gained = math.isnan(loss) or self.min_gain is None or loss < best * (1.0 - self.min_gain)
+            flat = 0 if gained else flat + 1
+            if count + 1 >= self.new_repeats or learned or flat >= STALL_STEPS:
                 done.append(rid)
             else:
-                self._repeats[rid] = (count + 1, loss)
+                self._repeats[rid] = (count + 1, min(best, loss), flat)
         self.log.mark_learned(done, now=now)
         self.log.mark_replayed(replay_ids, now=now)
         self._pending = None

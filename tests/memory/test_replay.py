@@ -269,15 +269,23 @@ def test_a_new_row_whose_loss_stopped_falling_is_learned(tmp_path):
     with InteractionLog(tmp_path / "log.db") as log:
         ids = _fill(log, 4, learned=2)
         builder = ReplayBatchBuilder(log, uniform, replay_ratio=0.5, batch_size=4, new_repeats=10, min_gain=0.2)
-        # row 2 keeps improving (1.0 -> 0.5 -> 0.3); row 3 stalls at its second repeat (1.0 -> 0.9)
-        for step, (a, b) in enumerate([(1.0, 1.0), (0.5, 0.9), (0.3, 0.8)]):
+        # row 2 keeps improving on its best (1.0 -> 0.5 -> 0.3 -> 0.2); row 3's first step gains
+        # nothing (1.0 -> 0.9), which alone does not end it; its third improves on its best (0.7),
+        # then two in a row stay above 0.8 x 0.7: learned at the fifth
+        losses = [(1.0, 1.0), (0.5, 0.9), (0.3, 0.7), (0.2, 0.65), (0.15, 0.6)]
+        for step, (a, b) in enumerate(losses):
             batch = builder.next_batch(now=10.0 + step)
-            new = [ids[2], ids[3]] if step < 2 else [ids[2]]
-            assert [e["id"] for e in batch[: len(new)]] == new
+            assert [e["id"] for e in batch[:2]] == [ids[2], ids[3]]
             builder.commit(batch, losses=[a, b, 1.0, 1.0][: len(batch)], now=10.0 + step)
-            if step == 1:
-                assert log.ids(learned=False) == [ids[2]]
-        assert log.ids(learned=False) == [ids[2]] and builder._repeats[ids[2]] == (3, 0.3)
+            assert log.ids(learned=False) == ([ids[2], ids[3]] if step < 4 else [ids[2]])
+        assert builder._repeats[ids[2]] == (5, 0.15, 0)
+        # no losses recorded: the plateau rule cannot tell, only the cap (10 batches) ends a row
+        rid = log.append(session_id="s", prompt="p", response="r")
+        for step in range(9):
+            builder.commit(builder.next_batch(now=30.0 + step), now=30.0 + step)
+            assert log.ids(learned=False) == ([ids[2], rid] if step < 4 else [rid])
+        builder.commit(builder.next_batch(now=40.0), now=40.0)
+        assert log.ids(learned=False) == []
 
 
 def test_until_reproduced_ends_a_rows_rehearsal_only_when_the_model_reproduces_it(tmp_path):
