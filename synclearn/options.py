@@ -103,7 +103,7 @@ class AttachOptions(Options):
                               le=10_000)
     learned_loss: float | None = option(0.02, "a new turn counts as learned once its loss (nats/token) is below "
                                               "this (null: only new_repeats)", ge=0)
-    min_gain: float | None = option(0.1, "... or once a step lowered its loss by less than this share "
+    min_gain: float | None = option(0.1, "... or once two steps in a row left its loss above (1 - this) x its best "
                                          "(null: never)", ge=0, le=1)
     until_reproduced: bool = option(False, "a new turn counts as learned early once the model reproduces it "
                                            "(greedy, teacher-forced) instead of by learned_loss")

@@ -76,7 +76,7 @@ class MemorySetup:
         journal: keep a step journal (exact forgetting) in the output directory.
         new_repeats: at most this many steps train each new turn (each with fresh replay)
             before it counts as learned; ``learned_loss`` ends that early once its loss is below
-            it, ``min_gain`` once a step lowered its loss by less than this share;
+            it, ``min_gain`` once two steps in a row stayed above ``1 - min_gain`` times its best loss;
             ``until_reproduced``: early once the model reproduces it, instead of by ``learned_loss``.
     """
 

@@ -51,8 +51,8 @@ class MemoryManager:
         replay_ratio: share of each learning batch drawn from replay (0 = no replay).
         batch_size: examples per learning step.
         new_repeats, learned_loss, min_gain: rehearsal: a new turn is trained in up to
-            ``new_repeats`` steps, until its loss is below ``learned_loss`` or a step lowered
-            it by less than ``min_gain`` (:class:`~synclearn.memory.ReplayBatchBuilder`);
+            ``new_repeats`` steps, until its loss is below ``learned_loss`` or two steps in a row
+            left it above ``1 - min_gain`` times its best (:class:`~synclearn.memory.ReplayBatchBuilder`);
             ``until_reproduced``: early once the model reproduces it, instead of by ``learned_loss``.
         protection: :class:`~synclearn.memory.protection.NeuronProtection` settings (budget,
             half_life_steps, floor, per_item, max_items) for sparse learners, or None (none).
