@@ -241,7 +241,7 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
 
         kept_after = keep.measure(model)
         kept = compare(kept_before, kept_after)
-    kept.update({f"free_share_l{layer}": share for layer, share in free_shares(learner).items()})
+    kept.update({f"free_share_l{layer}": share for layer, share in learner.free_share().items()})
     lat = measure_latency(session, learner, [p["prompt"] for p in smalltalk(latency_prompts, seed=seed + 1)],
                           attach_options={**memory.attach_options(), **serve.attach_options()}) \
         if latency_prompts else None
@@ -260,17 +260,6 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
         results["free_share_min"] = min(shares)
         results["summary"].insert(3, f"neurons free to learn at the end: {min(shares):.0%} (least free plastic layer)")
     return results
-
-
-def free_shares(learner: Any) -> dict[int, float]:
-    """Per plastic layer, the share of neurons not protected (sparse learners; {} otherwise)."""
-    if learner.update != "sparse":
-        return {}
-    out = {}
-    for layer in learner.plastic_layers:
-        mask = learner.protected(layer)
-        out[layer] = 1.0 if mask is None else 1.0 - float(mask.float().mean())
-    return out
 
 
 def _progress(total: int, enabled: bool):

@@ -51,6 +51,17 @@ class LearnerControls:
         """BoolTensor [d_ff] of ``layer``'s protected neurons (a copy), or None when none ever were."""
         return self._controls.get("protected", layer)
 
+    def free_share(self) -> dict[int, float]:
+        """Per plastic layer, the share of its neurons a sparse step may still select (not
+        protected); {} for LoRA and full learners, which have no neurons to protect."""
+        if self.update != "sparse":
+            return {}
+        out = {}
+        for layer in self.plastic_layers:
+            mask = self.protected(layer)
+            out[layer] = 1.0 if mask is None else 1.0 - float(mask.sum()) / self._d_ff(layer)
+        return out
+
     def set_lr_scale(self, layer: int, scale: Tensor | None) -> None:
         """Per-neuron learning-rate factors [d_ff] of ``layer`` (e.g. damping); None removes them."""
         with self._lock:

@@ -217,13 +217,9 @@ class MemoryManager:
 
     # -- status and state --------------------------------------------------------------------------
     def free_share(self) -> dict[int, float]:
-        """Per plastic layer, the share of neurons a step may change (not protected)."""
-        out = {}
-        for layer in self.learner.plastic_layers:
-            mask = self.learner.protected(layer)
-            d_ff = self.learner.model.neuron_layouts()[layer].d_ff
-            out[layer] = 1.0 - (0.0 if mask is None else float(mask.sum()) / d_ff)
-        return out
+        """Per plastic layer, the share of neurons a step may change (not protected):
+        :meth:`~synclearn.learn.controls.LearnerControls.free_share`."""
+        return self.learner.free_share()
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for dashboards: per layer free/protected neurons, background

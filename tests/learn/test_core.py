@@ -79,9 +79,12 @@ def test_protection_and_controls_are_validated_copies(examples):
         learner.set_lr_scale(2, torch.ones(3))
     with pytest.raises(ValueError, match="layer=7"):
         learner.set_background(7, torch.ones(128))
+    assert learner.free_share() == {**{layer: 1.0 for layer in learner.plastic_layers}, 2: 1 - 2 / 128}
     learner.set_protected(2, torch.ones(128, dtype=torch.bool))
+    assert learner.free_share()[2] == 0.0
     result = learner.step(examples[:2])
     assert 2 not in result.neurons  # every neuron of layer 2 is protected
+    assert Learner(tiny_mcsd(), update="lora").free_share() == {}  # no neurons to protect
 
 
 def test_selectors_receive_the_background_statistics(examples):
