@@ -19,8 +19,7 @@ Sweeps (learner x memory, as the issue asks: ``learner=sparse,lora,full memory=n
   interactions) with the sparse learner: naive vs replay + consolidation vs replay + anchors,
   seeds 0-2, with what else moved (held-out text and chat NLL, answer format, locality, free
   neurons) beside what was learned (about 15-30 minutes a run on 2 cores).
-* ``main_job``: the main job on its defaults (``synclearn run``), seeds 0-2, with rehearsal ended
-  by loss (the default) and until the model reproduces the turn (``memory.until_reproduced``).
+* ``main_job``: the main job on its defaults (``synclearn run``), seeds 0-2.
 * ``chat_facts_quick``: every learner x memory on experiment=quick (20 facts, delays up to 200).
 * ``main_job_damp``: the main job with ``memory=damp`` (damping instead of locks) at 10% of the
   neurons a step, seeds 0-2.
@@ -56,7 +55,7 @@ from synclearn.eval.report import write_report
 
 GRID = ["learner=sparse,lora,full", "memory=none,replay,consolidate"]
 # what the sweeps of the main job (40 facts, delays up to 1000) report: both sides
-MAIN_JOB_METRICS = ["recall_d0", "recall_d10", "recall_d100", "recall_d1000", "recall_other_d1000", "rank_recall_d1000",
+MAIN_JOB_METRICS = ["recall_d0", "recall_d10", "recall_d100", "recall_d1000", "recall_other_d0", "recall_other_d1000", "rank_recall_d1000",
                     "acc", "bwt", "forgetting", "text_nll_change", "chat_nll_change", "format_vs_base", "locality",
                     "free_share_min", "latency_overhead_p50", "learner_steps", "stream_s"]
 MAIN_JOB_PLOTS = ["retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"]
@@ -67,7 +66,7 @@ def _main_job_sweep(grid: list[str], title: str, representative: dict[str, str],
     """A sweep of the main job (its metrics and plots, one run at a time on 2 cores)."""
     spec = {"grid": grid, "overrides": [], "metrics": MAIN_JOB_METRICS, "title": title, "plots": MAIN_JOB_PLOTS,
             "representative": representative, "cores_per_job": 2}
-    return spec | ({"columns": columns} if columns else {})
+    return spec | ({"columns": columns} if columns is not None else {})
 
 
 SWEEPS: dict[str, dict] = {
@@ -76,9 +75,7 @@ SWEEPS: dict[str, dict] = {
         "chat-facts, the main job (conf/config.yaml: 40 facts, probes up to 1000 later interactions)",
         {"memory": "consolidate"}),
     "main_job": _main_job_sweep(
-        ["memory.until_reproduced=false,true"],
-        "chat-facts, the main job on its defaults (rehearsal ended by loss, the default, vs until reproduced)",
-        {"memory.until_reproduced": "false"}, ["memory.until_reproduced"]),
+        [], "chat-facts, the main job on its defaults (`synclearn run`)", {"seed": "0"}, []),
     "main_job_damp": _main_job_sweep(
         ["memory.consolidation.policy=damp", "learner.neuron_fraction=0.1"],
         "chat-facts, the main job with damping instead of locks (memory=damp, 10% of the neurons a step)",
@@ -262,7 +259,7 @@ def goals(dest: Path) -> list[str]:
                                  f"; naive fine-tuning (memory=none) recall@1000 {naive:.0%}")
     main = _groups(dest, "main_job")
     if main:
-        m = {k: _mean(main, k, **{"memory.until_reproduced": "false"}) for k in GOAL_METRICS}
+        m = {k: _mean(main, k) for k in GOAL_METRICS}
         lines += _goal_lines(f"the main job on its defaults, `synclearn run`, seeds {main[0].get('seeds', '')}", m)
     damp = _groups(dest, "main_job_damp")
     if damp:
