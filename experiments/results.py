@@ -328,7 +328,7 @@ def sparse_section(dest: Path) -> list[str]:
     if step:
         out += ["", "The sparse step's forms: selections, loss and gradients bitwise equal to the first form's: "
                 + ", ".join(f"{r['side']} {'yes' if r['bitwise_equal'] else 'NO'}" for r in step) + "."]
-    out += ["", "Goals: " + "; ".join(f"{k} {g['value']:.2f} (target {g['target']}: {'met' if g['met'] else 'NOT met'})"
+    out += ["", "Goals: " + "; ".join(f"{k} {g['value']:.2f} (target {g['target']}: {_met(g['met'])})"
                                      for k, g in data.get("goals", {}).items()) + ".", ""]
     return out
 
