@@ -13,7 +13,12 @@ What :meth:`RetentionProbe.measure` returns (floats):
   in sorted-key order; the last ``text_share`` of them are never part of a pretraining mix
   here), cut into ``seq_len`` windows;
 * ``chat_nll``: mean NLL of the replies of held-out chat turns (small talk and questions about
-  random people, generated with a seed no pretraining or benchmark stream uses);
+  random people, generated with a seed no pretraining or benchmark stream uses), and the same
+  for each half, ``smalltalk_nll`` and ``people_nll``: which kind of turn moved;
+* ``untaught_entropy``: mean entropy (nats) of the answer distribution over the asked
+  attribute's values (ranked as in recall) on questions about people nobody taught. The base
+  was pretrained on random values, so it is near ``log(10)``; a learner that taught "parrot"
+  about everyone collapses it (the learned values leak to other names);
 * ``smalltalk_exact``: share of held-out small-talk prompts whose greedy reply equals the
   reference reply (small-talk quality);
 * ``format_share``: share of questions about people nobody taught whose greedy reply is a
@@ -144,9 +149,18 @@ class RetentionProbe:
             session.reset()
             return session.send(prompt).text
 
+        from synclearn.eval.recall import candidate_logprobs
+
         replies = [ask(q) for _, q in self.questions]
         small = [ask(t["prompt"]).strip() == t["response"] for t in self.smalltalk]
+        entropies = []
+        for attribute, q in self.questions:
+            p = candidate_logprobs(model, q, [f"It's {v}." for v in ATTRIBUTES[attribute]]).log_softmax(-1)
+            entropies.append(float(-(p.exp() * p).sum()))
+        people = self.chat[len(self.smalltalk):]
         return {"text_nll": text_nll(model, self.text), "chat_nll": chat_nll(model, self.chat),
+                "smalltalk_nll": chat_nll(model, self.smalltalk), "people_nll": chat_nll(model, people),
+                "untaught_entropy": sum(entropies) / max(len(entropies), 1),
                 "smalltalk_exact": sum(small) / max(len(small), 1),
                 "format_share": sum(well_formed(r, a) for r, (a, _) in zip(replies, self.questions)) / max(len(replies), 1),
                 "replies": replies}
@@ -154,16 +168,19 @@ class RetentionProbe:
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     """How ``after`` differs from ``before``: relative NLL changes (+0.02 = 2% worse), the
-    answer-format share and small-talk exact share as fractions of the base's, and locality
+    answer-format share, small-talk exact share and untaught-people entropy as fractions of the base's, and locality
     (share of untaught-people replies unchanged)."""
     def ratio(key: str) -> float:
         return after[key] / before[key] if before[key] > 0 else float("nan")
 
     same = [a == b for a, b in zip(before["replies"], after["replies"])]
     return {"text_nll_change": ratio("text_nll") - 1.0, "chat_nll_change": ratio("chat_nll") - 1.0,
+            "smalltalk_nll_change": ratio("smalltalk_nll") - 1.0, "people_nll_change": ratio("people_nll") - 1.0,
+            "untaught_entropy_vs_base": ratio("untaught_entropy"),
             "format_vs_base": ratio("format_share"), "smalltalk_vs_base": ratio("smalltalk_exact"),
             "locality": sum(same) / max(len(same), 1),
             "text_nll_before": before["text_nll"], "text_nll_after": after["text_nll"],
             "chat_nll_before": before["chat_nll"], "chat_nll_after": after["chat_nll"],
             "format_share_before": before["format_share"], "format_share_after": after["format_share"],
-            "smalltalk_exact_before": before["smalltalk_exact"], "smalltalk_exact_after": after["smalltalk_exact"]}
+            "smalltalk_exact_before": before["smalltalk_exact"], "smalltalk_exact_after": after["smalltalk_exact"],
+            "untaught_entropy_before": before["untaught_entropy"], "untaught_entropy_after": after["untaught_entropy"]}

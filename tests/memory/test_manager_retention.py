@@ -42,3 +42,25 @@ def test_held_out_text_and_answer_format():
     a, b = RetentionProbe(seed=1, n_people=4, n_chat=4), RetentionProbe(seed=1, n_people=4, n_chat=4)
     assert a.questions == b.questions and a.chat == b.chat  # same seed, same probes
     assert not {q for _, q in RetentionProbe(seed=1, n_people=4, exclude_names={"Kado"}).questions if "Kado" in q}
+
+
+def test_untaught_entropy_sees_a_value_leak_to_everyone():
+    """Teaching one value about a few people of every attribute collapses the answer distribution
+    about people nobody taught (the leak that raises the people half of the chat NLL)."""
+    from synclearn.data.facts import ATTRIBUTES, Fact
+
+    probe = RetentionProbe(n_people=8, n_chat=4, text_bytes=512, max_new_tokens=8)
+    items = [{"prompt": Fact(name, attr, values[0]).question(), "response": Fact(name, attr, values[0]).answer()}
+             for attr, values in ATTRIBUTES.items() for name in ("Kado", "Bimo")]
+    model = tiny()
+    before = probe.measure(model)
+    assert set(before) >= {"smalltalk_nll", "people_nll", "untaught_entropy"}
+    learner = Learner(model, update="full", lr=1e-2, seed=0)
+    for _ in range(30):
+        learner.step(items)
+    change = compare(before, probe.measure(model))
+    assert change["untaught_entropy_vs_base"] < 0.5 < before["untaught_entropy"]
+    halves = sorted((before["smalltalk_nll"], before["people_nll"]))
+    assert halves[0] <= before["chat_nll"] <= halves[1]  # the chat NLL is their token-weighted mean
+    unchanged = compare(before, before)
+    assert unchanged["untaught_entropy_vs_base"] == 1.0 and unchanged["people_nll_change"] == 0.0
