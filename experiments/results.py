@@ -21,6 +21,8 @@ Sweeps (learner x memory, as the issue asks: ``learner=sparse,lora,full memory=n
   neurons) beside what was learned (about 15-30 minutes a run on 2 cores).
 * ``main_job``: the main job on its defaults (``synclearn run``), seeds 0-2.
 * ``chat_facts_quick``: every learner x memory on experiment=quick (20 facts, delays up to 200).
+* ``main_job_lock``: the main job without anchors (``memory=consolidate``, the default until
+  2026-12-02), seeds 0-2.
 * ``main_job_damp``: the main job with ``memory=damp`` (damping instead of locks) at 10% of the
   neurons a step, seeds 0-2.
 * ``split_digits``: class-incremental split digits (experiment=split_digits), seeds 0-2;
@@ -56,7 +58,8 @@ from synclearn.eval.report import write_report
 GRID = ["learner=sparse,lora,full", "memory=none,replay,consolidate"]
 # what the sweeps of the main job (40 facts, delays up to 1000) report: both sides
 MAIN_JOB_METRICS = ["recall_d0", "recall_d10", "recall_d100", "recall_d1000", "recall_other_d0", "recall_other_d1000", "rank_recall_d1000",
-                    "acc", "bwt", "forgetting", "text_nll_change", "chat_nll_change", "format_vs_base", "locality",
+                    "acc", "bwt", "forgetting", "text_nll_change", "chat_nll_change", "people_nll_change",
+                    "untaught_entropy_vs_base", "format_vs_base", "locality",
                     "free_share_min", "latency_overhead_p50", "learner_steps", "stream_s"]
 MAIN_JOB_PLOTS = ["retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"]
 
@@ -76,6 +79,9 @@ SWEEPS: dict[str, dict] = {
         {"memory": "consolidate"}),
     "main_job": _main_job_sweep(
         [], "chat-facts, the main job on its defaults (`synclearn run`)", {"seed": "0"}, []),
+    "main_job_lock": _main_job_sweep(
+        ["memory=consolidate"], "chat-facts, the main job without anchors (memory=consolidate: the default until "
+        "2026-12-02)", {"seed": "0"}, []),
     "main_job_damp": _main_job_sweep(
         ["memory.consolidation.policy=damp", "learner.neuron_fraction=0.1"],
         "chat-facts, the main job with damping instead of locks (memory=damp, 10% of the neurons a step)",
@@ -261,6 +267,10 @@ def goals(dest: Path) -> list[str]:
     if main:
         m = {k: _mean(main, k) for k in GOAL_METRICS}
         lines += _goal_lines(f"the main job on its defaults, `synclearn run`, seeds {main[0].get('seeds', '')}", m)
+    lock = _groups(dest, "main_job_lock")
+    if lock:
+        m = {k: _mean(lock, k) for k in GOAL_METRICS}
+        lines += _goal_lines(f"the main job without anchors (memory=consolidate), seeds {lock[0].get('seeds', '')}", m)
     damp = _groups(dest, "main_job_damp")
     if damp:
         m = {k: _mean(damp, k) for k in GOAL_METRICS}
