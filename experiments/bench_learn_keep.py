@@ -54,6 +54,10 @@ METHODS = {  # name -> Learner settings (+ "memory": protection settings, "ancho
                                    "memory": {"budget": 0.4, "half_life_steps": 1000}},
     "sparse-topk-sgd-anchors": {"update": "sparse", "selector": "topk", "optimizer": "sgd", "anchors": ANCHORS},
     "sparse-topk-anchors512": {"update": "sparse", "selector": "topk", "anchors": {**ANCHORS, "turns": 512}},
+    # the default sparse learner (conf/learner/sparse.yaml: 25% of the neurons at lr 1e-3), without and with anchors
+    "sparse-topk-25": {"update": "sparse", "selector": "topk", "neuron_fraction": 0.25, "lr": 1e-3},
+    "sparse-topk-anchors-25": {"update": "sparse", "selector": "topk", "neuron_fraction": 0.25, "lr": 1e-3,
+                               "anchors": ANCHORS},
     "lora": {"update": "lora"},
     "lora-anchors": {"update": "lora", "anchors": ANCHORS},
     "full": {"update": "full"},
@@ -72,7 +76,8 @@ def base_model(name: str):
 
 def teach(model, settings: dict, facts, forms, *, repeats: int, replay: int, lr_scale: float, seed: int,
           neuron_fraction: float) -> Learner:
-    kw = {k: v for k, v in settings.items() if k not in ("memory", "anchors")}
+    kw = {k: v for k, v in settings.items() if k not in ("memory", "anchors", "neuron_fraction")}
+    neuron_fraction = settings.get("neuron_fraction", neuron_fraction)  # a method's own budget, else --neuron-fraction
     memory = None
     if settings.get("selector") == "specificity":  # the manager hands the selector the background statistics
         memory = MemoryManager(protection=settings.get("memory"), background_tokens=16_384)
