@@ -184,6 +184,8 @@ def merge(paths: list[Path], out: Path) -> int:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     keys = ("facts", "repeats", "replay", "neuron_fraction", "base", "quick")
     settings = [{k: r["args"].get(k) for k in keys} for r in runs]
+    for one in settings:  # runs written before the default base was recorded
+        one["base"] = one["base"] or ("quick" if one["quick"] else "chat")
     if any(s != settings[0] for s in settings):
         raise SystemExit(f"--merge: runs with different settings cannot share a table: {settings}")
     rows = [row for r in runs for row in r["rows"]]
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.lr_scales = args.lr_scales or ([1.0] if args.quick else [0.5, 1.0, 2.0])
     torch.set_num_threads(1)
-    base = base_model(args.base or ("quick" if args.quick else "chat"))
+    args.base = args.base or ("quick" if args.quick else "chat")
+    base = base_model(args.base)
     state = {k: v.clone() for k, v in base.state_dict().items()}
 
     def make_model():
