@@ -20,9 +20,9 @@ Sweeps (learner x memory, as the issue asks: ``learner=sparse,lora,full memory=n
   seeds 0-2, with what else moved (held-out text and chat NLL, answer format, locality, free
   neurons) beside what was learned (about 15-30 minutes a run on 2 cores).
 * ``main_job``: the main job on its defaults (``synclearn run``), seeds 0-2.
-* ``chat_facts_quick``: every learner x memory on experiment=quick (20 facts, delays up to 200).
 * ``main_job_lock``: the main job without anchors (``memory=consolidate``, the default until
   2026-12-02), seeds 0-2.
+* ``chat_facts_quick``: every learner x memory on experiment=quick (20 facts, delays up to 200).
 * ``main_job_damp``: the main job with ``memory=damp`` (damping instead of locks) at 10% of the
   neurons a step, seeds 0-2.
 * ``split_digits``: class-incremental split digits (experiment=split_digits), seeds 0-2;
@@ -300,8 +300,8 @@ def learn_keep_section(dest: Path) -> list[str]:
     out = ["## Learn vs keep at matched learning effort", "",
            f"`python experiments/bench_learn_keep.py` on the chat base ({a.get('facts')} facts, each taught in "
            f"{a.get('repeats')} steps with {a.get('replay')} earlier facts replayed, {a.get('neuron_fraction')} of the "
-           "neurons for sparse, 0.25 at lr 1e-3 for the `-25` methods, the default learner's); parts merged with `--merge`. Recall (exact, teaching question / other question "
-           "forms) against what else moved, on the final weights vs the base; mean ± std over seeds.", "",
+           "neurons for sparse, 0.25 at lr 1e-3 for the `-25` methods, the default learner's); parts merged "
+           "with `--merge`. Recall (exact, teaching question / other question forms) against what else moved, on the final weights vs the base; mean ± std over seeds.", "",
            "| method | lr x | seeds | recall | other forms | text NLL | chat NLL | format vs base | locality |",
            "|---|---|---|---|---|---|---|---|---|"]
 

@@ -250,13 +250,14 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
     results["corrected_turns"] = front.corrected
     results.update(kept)
     if keep is not None:
-        results["summary"].insert(3, f"base retention: held-out text NLL {100 * kept['text_nll_change']:+.1f}%, chat NLL "
-                                     f"{100 * kept['chat_nll_change']:+.1f}% (small talk {100 * kept['smalltalk_nll_change']:+.1f}%, "
-                                     f"people {100 * kept['people_nll_change']:+.1f}%; answer entropy about untaught people "
-                                     f"{kept['untaught_entropy_after']:.2f} vs {kept['untaught_entropy_before']:.2f} nats), well-formed answers about untaught people "
-                                     f"{kept['format_share_after']:.0%} (base {kept['format_share_before']:.0%}), "
-                                     f"locality {kept['locality']:.0%}, small talk {kept['smalltalk_exact_after']:.0%} "
-                                     f"(base {kept['smalltalk_exact_before']:.0%})")
+        results["summary"].insert(3, (
+            f"base retention: held-out text NLL {100 * kept['text_nll_change']:+.1f}%, chat NLL "
+            f"{100 * kept['chat_nll_change']:+.1f}% (small talk {100 * kept['smalltalk_nll_change']:+.1f}%, people "
+            f"{100 * kept['people_nll_change']:+.1f}%; answer entropy about untaught people "
+            f"{kept['untaught_entropy_after']:.2f} vs {kept['untaught_entropy_before']:.2f} nats), well-formed answers "
+            f"about untaught people {kept['format_share_after']:.0%} (base {kept['format_share_before']:.0%}), "
+            f"locality {kept['locality']:.0%}, small talk {kept['smalltalk_exact_after']:.0%} "
+            f"(base {kept['smalltalk_exact_before']:.0%})"))
     shares = [v for k, v in kept.items() if k.startswith("free_share_l")]
     if shares:
         results["free_share_min"] = min(shares)

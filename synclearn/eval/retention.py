@@ -40,6 +40,7 @@ import torch
 
 from synclearn.data.facts import ATTRIBUTES, QUESTION_FORMS, Fact, generate_facts
 from synclearn.data.smalltalk import smalltalk
+from synclearn.eval.recall import candidate_logprobs
 from synclearn.learn.guard import guard_for
 
 HELDOUT_SEED = "retention-heldout"
@@ -148,8 +149,6 @@ class RetentionProbe:
         def ask(prompt: str) -> str:
             session.reset()
             return session.send(prompt).text
-
-        from synclearn.eval.recall import candidate_logprobs
 
         replies = [ask(q) for _, q in self.questions]
         small = [ask(t["prompt"]).strip() == t["response"] for t in self.smalltalk]
