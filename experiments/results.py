@@ -301,7 +301,8 @@ def learn_keep_section(dest: Path) -> list[str]:
            f"`python experiments/bench_learn_keep.py` on the chat base ({a.get('facts')} facts, each taught in "
            f"{a.get('repeats')} steps with {a.get('replay')} earlier facts replayed, {a.get('neuron_fraction')} of the "
            "neurons for sparse, 0.25 at lr 1e-3 for the `-25` methods, the default learner's); parts merged "
-           "with `--merge`. Recall (exact, teaching question / other question forms) against what else moved, on the final weights vs the base; mean ± std over seeds.", "",
+           "with `--merge`. Recall (exact, teaching question / other question forms) against what else moved, "
+           "on the final weights vs the base; mean ± std over seeds.", "",
            "| method | lr x | seeds | recall | other forms | text NLL | chat NLL | format vs base | locality |",
            "|---|---|---|---|---|---|---|---|---|"]
 

@@ -135,10 +135,11 @@ class RetentionProbe:
         self.text = heldout_text(self.text_bytes)
         self.chat = heldout_chat(self.n_chat, self.seed)
         self.smalltalk = self.chat[: self.n_chat - self.n_chat // 2]
+        self.people_turns = self.chat[len(self.smalltalk):]
         exclude = frozenset(self.exclude_names) | world_names()
         rng = random.Random(f"{HELDOUT_SEED}-forms-{self.seed}")
-        people = generate_facts(self.n_people, seed=f"{HELDOUT_SEED}-untaught-{self.seed}", exclude_names=exclude)
-        self.questions = [(f.attribute, f.question(rng.randrange(len(QUESTION_FORMS)))) for f in people]
+        self.people = generate_facts(self.n_people, seed=f"{HELDOUT_SEED}-untaught-{self.seed}", exclude_names=exclude)
+        self.questions = [(f.attribute, f.question(rng.randrange(len(QUESTION_FORMS)))) for f in self.people]
 
     def measure(self, model: Any) -> dict[str, Any]:
         """The measurements of the module docstring for ``model`` as it is now."""
@@ -153,12 +154,11 @@ class RetentionProbe:
         replies = [ask(q) for _, q in self.questions]
         small = [ask(t["prompt"]).strip() == t["response"] for t in self.smalltalk]
         entropies = []
-        for attribute, q in self.questions:
-            p = candidate_logprobs(model, q, [f"It's {v}." for v in ATTRIBUTES[attribute]]).log_softmax(-1)
+        for fact, (_, q) in zip(self.people, self.questions):  # the candidates recall ranks
+            p = candidate_logprobs(model, q, [fact.answer(v) for v in fact.candidates()]).log_softmax(-1)
             entropies.append(float(-(p.exp() * p).sum()))
-        people = self.chat[len(self.smalltalk):]
         return {"text_nll": text_nll(model, self.text), "chat_nll": chat_nll(model, self.chat),
-                "smalltalk_nll": chat_nll(model, self.smalltalk), "people_nll": chat_nll(model, people),
+                "smalltalk_nll": chat_nll(model, self.smalltalk), "people_nll": chat_nll(model, self.people_turns),
                 "untaught_entropy": sum(entropies) / max(len(entropies), 1),
                 "smalltalk_exact": sum(small) / max(len(small), 1),
                 "format_share": sum(well_formed(r, a) for r, (a, _) in zip(replies, self.questions)) / max(len(replies), 1),

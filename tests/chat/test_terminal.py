@@ -91,7 +91,7 @@ def test_ctrl_c_stops_an_answer_without_logging_it(runtime):
     # unseeded sampling, from printable ASCII only: the first answer always streams a piece to interrupt
     # (an END, NUL or partial UTF-8 first token would end it before any piece is written)
     chat = TerminalChat(runtime, input=io.StringIO("first\nsecond\nno\x00nul\n"), output=out, max_new_tokens=8,
-                        temperature=0.8, seed=None, ban=[*range(32), *range(127, 263)])
+                        temperature=0.8, seed=None, ban=[*range(32), *range(127, runtime.model.tokenizer.size)])
     assert chat.run() == 0
     assert "[interrupted; not logged]" in out.getvalue() and "cannot contain a NUL" in out.getvalue()
     assert [r["prompt"] for r in runtime.log.by_session(chat.session_id)] == ["second"]
