@@ -2,6 +2,8 @@
 
     python experiments/bench_learn_keep.py --quick      # a small base, 12 facts, 1 seed: a few minutes
     python experiments/bench_learn_keep.py              # the chat base (mcsd-chat), 40 facts, 3 seeds, lr sweep
+    python experiments/bench_learn_keep.py --facts 16 --lr-scales 1 --methods sparse-topk-anchors-25 \
+        --base-mix n_world=200 world_share=0.7 --anchors turns=1024    # a base variant, a larger anchor pool
 
 Every method learns the same facts from the same batches for the same number of steps
 (matched learning effort): each fact is taught in ``repeats`` steps, each batch the fact plus up
@@ -65,13 +67,49 @@ METHODS = {  # name -> Learner settings (+ "memory": protection settings, "ancho
 }
 
 
-def base_model(name: str):
-    """The quick base (a small MCSD pretrained on the chat mix, cached) or the chat base."""
+def base_model(name: str, mix: dict | None = None):
+    """The quick base (a small MCSD pretrained on the chat mix, cached) or the chat base; ``mix``:
+    :class:`~synclearn.learn.pretrain.PretrainConfig` fields changed (a base variant, trained once and cached)."""
     from synclearn.learn.pretrain import pretrained_model
 
     if name == "quick":
-        return pretrained_model("mcsd-tiny", steps=400, progress=False, threads=1)
-    return pretrained_model("mcsd-chat", threads=1)
+        return pretrained_model("mcsd-tiny", steps=400, progress=False, threads=1, **(mix or {}))
+    return pretrained_model("mcsd-chat", threads=1, **(mix or {}))
+
+
+def parse_anchors(items: list[str]) -> dict:
+    """``["turns=1024", "weight=1.5"]`` -> ``{"turns": 1024, "weight": 1.5}`` (AnchorSet.build settings)."""
+    known = ("turns", "per_step", "weight", "near_share", "top_k")
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or key not in known:
+                raise ValueError
+            out[key] = int(value) if key in ("turns", "per_step", "top_k") else float(value)
+        except ValueError:
+            raise SystemExit(f"--anchors {item!r}: expected KEY=NUMBER with KEY one of {list(known)}") from None
+    return out
+
+
+def parse_mix(items: list[str]) -> dict:
+    """``["n_world=200", "world_share=0.7"]`` -> ``{"n_world": 200, "world_share": 0.7}`` (PretrainConfig fields)."""
+    from dataclasses import fields
+
+    from synclearn.learn.pretrain import PretrainConfig
+
+    known = {f.name: f.type for f in fields(PretrainConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known or key == "name":
+            raise SystemExit(f"--base-mix {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(k for k in known if k != 'name')}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def teach(model, settings: dict, facts, forms, *, repeats: int, replay: int, lr_scale: float, seed: int,
@@ -182,10 +220,12 @@ def print_table(summary: list[dict]) -> None:
 def merge(paths: list[Path], out: Path) -> int:
     """One table, JSON and plot from several runs (each a learn_keep.json) of the same settings."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    keys = ("facts", "repeats", "replay", "neuron_fraction", "base", "quick")
+    keys = ("facts", "repeats", "replay", "neuron_fraction", "base", "quick", "base_mix", "anchors")
     settings = [{k: r["args"].get(k) for k in keys} for r in runs]
     for one in settings:  # runs written before the default base was recorded
         one["base"] = one["base"] or ("quick" if one["quick"] else "chat")
+        one["base_mix"] = one["base_mix"] or {}
+        one["anchors"] = one["anchors"] or {}
     if any(s != settings[0] for s in settings):
         raise SystemExit(f"--merge: runs with different settings cannot share a table: {settings}")
     rows = [row for r in runs for row in r["rows"]]
@@ -206,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--facts", type=int, default=None)
     parser.add_argument("--base", choices=["quick", "chat"], default=None,
                         help="quick: a small base trained here; chat: the cached chat base (default without --quick)")
+    parser.add_argument("--base-mix", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="pretraining settings of the base changed (e.g. n_world=200 world_share=0.7): a base "
+                             "variant, pretrained once and cached")
+    parser.add_argument("--anchors", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="anchor settings changed for every method with anchors (turns, per_step, weight, "
+                             "near_share, top_k), e.g. turns=1024 weight=1.5")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--lr-scales", type=float, nargs="+", default=None)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -224,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     args.lr_scales = args.lr_scales or ([1.0] if args.quick else [0.5, 1.0, 2.0])
     torch.set_num_threads(1)
     args.base = args.base or ("quick" if args.quick else "chat")
-    base = base_model(args.base)
+    args.base_mix = parse_mix(args.base_mix)
+    args.anchors = parse_anchors(args.anchors)
+    for settings in METHODS.values():
+        if settings.get("anchors") is not None:
+            settings["anchors"] = {**settings["anchors"], **args.anchors}
+    base = base_model(args.base, args.base_mix)
     state = {k: v.clone() for k, v in base.state_dict().items()}
 
     def make_model():
