@@ -127,8 +127,10 @@ class PretrainConfig:
         fields = dataclasses.asdict(self)
         if fields["num_nodes"] == 1:
             del fields["num_nodes"]
-        blob = json.dumps({"data_version": DATA_VERSION, **fields,
-                           "model": self.model_config().to_dict()}, sort_keys=True, default=str)
+        model = self.model_config().to_dict()
+        if not model["gated_decay"]:  # a field added later: bases cached before it keep their keys
+            del model["gated_decay"]
+        blob = json.dumps({"data_version": DATA_VERSION, **fields, "model": model}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -32,6 +32,11 @@ class MCSDConfig:
         norm_eps: epsilon of every RMSNorm.
         init_std: standard deviation of the weight initialization.
         tie_embeddings: share the input embedding with the output head.
+        gated_decay: the decay section's decay is chosen by each token, per feature (a selective
+            scan): a_n = a_i^dt_n and input dt_n * E_n with dt_n = softplus(x W_G + b_G), W_G
+            [D, D]. Initialized to dt = 1 (W_G = 0), i.e. the fixed-decay mixer. A token can then
+            hold what came before it (dt -> 0) or overwrite it (dt large): what binds a name to a
+            question several tokens later, which fixed decays only average away.
         name: informational label (e.g. "mcsd-tiny"); not part of the math.
     """
 
@@ -45,6 +50,7 @@ class MCSDConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     tie_embeddings: bool = True
+    gated_decay: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -65,8 +71,9 @@ class MCSDConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 out.append(f"{name}={value!r} (expected a positive number)")
-        if not isinstance(self.tie_embeddings, bool):
-            out.append(f"tie_embeddings={self.tie_embeddings!r} (expected true or false)")
+        for name in ("tie_embeddings", "gated_decay"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name}={getattr(self, name)!r} (expected true or false)")
         ok_ints = all(isinstance(getattr(self, n), int) and getattr(self, n) > 0 for n in ("d_model", "n_channels"))
         if ok_ints and self.d_model % self.n_channels:
             out.append(
@@ -86,6 +93,7 @@ class MCSDConfig:
         """Parameter count of the model this config builds (tied head counted once)."""
         d, ff = self.d_model, self.d_ff
         per_layer = 6 * d * d + 2 * d * ff + 3 * d  # mixer (4 in + 2 out) + MLP + norms/channel norm
+        per_layer += d * d + d if self.gated_decay else 0  # the decay gate W_G, b_G
         per_layer += self.predictor_rank * (d + ff) + ff if self.predictor_rank else 0  # predictor + its bias
         head = 0 if self.tie_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.n_layers * per_layer + d + head

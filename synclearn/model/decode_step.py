@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from synclearn.model.scan import GATE_LOG_FLOOR
+
 
 class LayerWeights(NamedTuple):
     """One layer's tensors for :func:`layer_step` (views of the module parameters)."""
@@ -45,6 +47,8 @@ class LayerWeights(NamedTuple):
     pred_proj: Tensor | None  # [r, D]
     pred_score: Tensor | None  # [d_ff, r]
     pred_bias: Tensor | None  # [d_ff]
+    gate_w: Tensor | None = None  # [D, D] W_G of a gated decay section
+    gate_b: Tensor | None = None  # [D]
 
 
 def rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -84,10 +88,16 @@ def layer_step(
     B, D = x.shape
     C, Dc = slope.shape[1], slope.shape[2]
     s_dst, d_dst, mix = out
-    proj = F.linear(rms(x, w.norm_mix, eps), w.in_proj).view(B, 4, C, Dc)
+    xm = rms(x, w.norm_mix, eps)
+    proj = F.linear(xm, w.in_proj).view(B, 4, C, Dc)
     u, v, f, e = proj.unbind(1)  # [B, C, Dc] each
     torch.mul(torch.add(slope, v, out=s_dst), exp_neg_b, out=s_dst)  # e^{-b} (S_n + V_n)
-    torch.mul(torch.add(decay, e, out=d_dst), a, out=d_dst)  # a (E'_n + E_n)
+    if w.gate_w is None:
+        torch.mul(torch.add(decay, e, out=d_dst), a, out=d_dst)  # a (E'_n + E_n)
+    else:  # gated: a_t (E'_n + dt E_n), a_t = max(a^dt, e^-4), dt = softplus(x W_G + b_G)
+        dt = F.softplus(F.linear(xm, w.gate_w, w.gate_b)).view(B, C, Dc)
+        a_t = torch.mul(dt, torch.log(a)).clamp_(min=-GATE_LOG_FLOOR).exp_()
+        torch.mul(torch.addcmul(decay, dt, e, out=d_dst), a_t, out=d_dst)
     mix_s, mix_d = mix[:, :D].view(B, C, Dc), mix[:, D:].view(B, C, Dc)
     torch.mul(F.silu(slope * inv_z[..., None]), u, out=mix_s)  # SiLU(S_n / Z_n) * U
     torch.mul(rms(decay, w.e_norm, eps), torch.sigmoid(f), out=mix_d)  # norm(E'_n) * sigmoid(F)

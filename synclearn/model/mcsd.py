@@ -8,7 +8,10 @@ into C channels of Dc = D / C features. For channel i:
   S_n = sum_{m<n} e^{-(n-m) b_i} V_m and the data-independent Z_n = sum_{j=1..n} e^{-j b_i}.
   out_s = SiLU(V') * U.
 * decay section: F = X W_F, E = X W_E, a_i = 1 - 2^(-5-i); E'_n = sum_{m<n} a_i^(n-m) E_m,
-  RMS-normalized per channel; out_d = E' * sigmoid(F).
+  RMS-normalized per channel; out_d = E' * sigmoid(F). With ``gated_decay`` every token sets
+  the decay per feature, dt_n = softplus(X W_G + b_G): E'_n = sum_{m<n} prod_{k=m..n-1} a_i^dt_k
+  dt_m E_m (a selective scan, :func:`~synclearn.model.scan.chunk_gated_scan`; each factor
+  a_i^dt_k is at least e^-4); dt = 1 at initialization, the fixed form.
 * output: out_proj(concat(out_s, out_d)).
 
 Both sections are scalar-decay scans (:mod:`synclearn.model.scan`), so the decoding state per
@@ -39,7 +42,7 @@ from torch import Tensor, nn
 from synclearn.model.config import MCSDConfig
 from synclearn.model.decode_step import DecodeKernel, LayerWeights
 from synclearn.model.neurons import NeuronLayout, NeuronTrace, SelectableMLP, SparseSpec, current_neuron_context
-from synclearn.model.scan import chunk_decay_scan, recurrent_decay_step
+from synclearn.model.scan import GATE_LOG_FLOOR, chunk_decay_scan, chunk_gated_scan, recurrent_decay_step
 from synclearn.model.tokenizer import ByteTokenizer
 
 
@@ -75,7 +78,8 @@ class MCSDState:
 
 
 class MCSDMixer(nn.Module):
-    """The MCSD token mixer (slope + decay sections). Weights: in_proj = [W_U; W_V; W_F; W_E]."""
+    """The MCSD token mixer (slope + decay sections). Weights: in_proj = [W_U; W_V; W_F; W_E],
+    and ``gate`` = (W_G, b_G) with ``config.gated_decay`` (else None)."""
 
     def __init__(self, config: MCSDConfig) -> None:
         super().__init__()
@@ -85,12 +89,27 @@ class MCSDMixer(nn.Module):
         self.in_proj = nn.Linear(D, 4 * D, bias=False)
         self.out_proj = nn.Linear(2 * D, D, bias=False)
         self.e_norm_weight = nn.Parameter(torch.ones(C, D // C))
+        self.gate = nn.Linear(D, D, bias=True) if config.gated_decay else None
+        self.reset_gate()
         i = torch.arange(C, dtype=torch.float64)
         # Fixed constants, kept in float64 outside the module's buffers so a cast of the model
         # to bf16 cannot round a_i = 1 - 2^-14 to 1.
         self.slope = torch.pow(2.0, -8.0 * (i + 1) / C)  # b_i
         self.decay = 1.0 - torch.pow(2.0, -5.0 - i)  # a_i
         self._consts: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    @torch.no_grad()
+    def reset_gate(self) -> None:
+        """W_G = 0 and b_G = softplus^-1(1): dt = 1 for every token, the fixed-decay mixer."""
+        if self.gate is not None:
+            self.gate.weight.zero_()
+            self.gate.bias.fill_(math.log(math.expm1(1.0)))
+
+    def gated_decay_inputs(self, x: Tensor, e: Tensor, log_d: Tensor) -> tuple[Tensor, Tensor]:
+        """(dt * E, log a_n) of the gated decay section, log a_n = max(dt * log a, -GATE_LOG_FLOOR).
+        x: [..., D]; e: [..., C, Dc]; log_d: [C] log a."""
+        dt = F.softplus(self.gate(x)).view(e.shape)
+        return dt * e, (dt * log_d[:, None].to(dt.dtype)).clamp(min=-GATE_LOG_FLOOR)
 
     def _constants(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(log slope-decay = -b, log decay = log a, e^-b, 1 / expm1(-b)) on device, in >= fp32."""
@@ -138,7 +157,11 @@ class MCSDMixer(nn.Module):
         s_past, s_new = chunk_decay_scan(v.reshape(B, T, C, Dc), log_s, slope_state, self.chunk_size)
         positions = pos[:, None] + torch.arange(T, device=x.device)[None, :]  # [B, T]
         out_s = F.silu(self._average(s_past, positions).reshape(B, T, D)) * u
-        e_past, d_new = chunk_decay_scan(e.reshape(B, T, C, Dc), log_d, decay_state, self.chunk_size)
+        if self.gate is None:
+            e_past, d_new = chunk_decay_scan(e.reshape(B, T, C, Dc), log_d, decay_state, self.chunk_size)
+        else:
+            e_in, log_a = self.gated_decay_inputs(x, e.reshape(B, T, C, Dc), log_d)
+            e_past, d_new = chunk_gated_scan(e_in, log_a, decay_state)
         out_d = self._norm_e(e_past).reshape(B, T, D) * torch.sigmoid(f)
         return self.out_proj(torch.cat([out_s, out_d], dim=-1)), s_new, d_new
 
@@ -166,11 +189,14 @@ class MCSDMixer(nn.Module):
             inv_z = self.inverse_normalizer(self.normalizer(pos, x.dtype))
         u, v, f, e = self.in_proj(x).chunk(4, dim=-1)  # 4 x [B, D]
         v, e = v.reshape(B, C, Dc), e.reshape(B, C, Dc)
-        fast = out is not None and slope_state.dtype == x.dtype and x.dtype in (torch.float32, torch.float64)
-        if not fast:  # autograd, or a low-precision state: the scan helper upcasts
+        fast = (out is not None and slope_state.dtype == x.dtype and x.dtype in (torch.float32, torch.float64)
+                and self.gate is None)
+        if not fast:  # autograd, a low-precision state or a gated decay: the scan helper upcasts
             log_s, log_d, _, _ = self._constants(x.device, x.dtype)
             s_past, s_new = recurrent_decay_step(v, log_s, slope_state)
             out_s = F.silu((s_past * inv_z.to(s_past.dtype)[..., None]).reshape(B, D)) * u
+            if self.gate is not None:
+                e, log_d = self.gated_decay_inputs(x, e, log_d)
             e_past, d_new = recurrent_decay_step(e, log_d, decay_state)
             out_d = self._norm_e(e_past).reshape(B, D) * torch.sigmoid(f)
             if out is not None:
@@ -223,9 +249,13 @@ class MCSDBlock(nn.Module):
             return None
         pred = self.mlp.predictor
         up, down_rows = self.mlp.neuron_rows()
+        gate = self.mixer.gate
+        if gate is not None and type(gate) is not nn.Linear:
+            return None
         return LayerWeights(self.norm_mix.weight, self.mixer.in_proj.weight, self.mixer.e_norm_weight,
                             self.mixer.out_proj.weight.t(), self.norm_mlp.weight, up, down_rows,
-                            *((pred.proj.weight, pred.score.weight, pred.score.bias) if pred is not None else (None,) * 3))
+                            *((pred.proj.weight, pred.score.weight, pred.score.bias) if pred is not None else (None,) * 3),
+                            *((gate.weight, gate.bias) if gate is not None else (None, None)))
 
     def step(self, x, slope_state, decay_state, pos, *, sparse=None, inv_z=None, out=None):
         h, s, d = self.mixer.step(self.norm_mix(x), slope_state, decay_state, pos, inv_z=inv_z, out=out)
@@ -271,6 +301,8 @@ class MCSDLM(nn.Module):
                 nn.init.normal_(p, 0.0, std)
             else:
                 nn.init.ones_(p)
+        for block in self.blocks:
+            block.mixer.reset_gate()
 
     # -- helpers ---------------------------------------------------------------------------
     @property

@@ -31,6 +31,31 @@ def naive_decay_scan(x: Tensor, log_decay: Tensor, state: Tensor | None = None) 
     return ys[:, :T], ys[:, T]
 
 
+def naive_gated_scan(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The gated scan from its definition: y_n = prod_{k<n} a_k s0 + sum_{m<n} prod_{k=m..n-1} a_k x_m.
+
+    x, log_decay: [B, T, C, Dc] (log a_n per token and feature); state: [B, C, Dc]. Products
+    are formed factor by factor (explicit loops, no prefix sums).
+    """
+    B, T, C, Dc = x.shape
+    a = torch.exp(log_decay)
+    ys = []
+    for n in range(T + 1):  # n = T is the final state
+        acc = torch.zeros(B, C, Dc, dtype=x.dtype, device=x.device)
+        for m in range(n):
+            w = torch.ones(B, C, Dc, dtype=x.dtype, device=x.device)
+            for k in range(m, n):
+                w = w * a[:, k]
+            acc = acc + w * x[:, m]
+        if state is not None:
+            w = torch.ones(B, C, Dc, dtype=x.dtype, device=x.device)
+            for k in range(n):
+                w = w * a[:, k]
+            acc = acc + w * state
+        ys.append(acc)
+    return torch.stack(ys[:T], 1), ys[T]
+
+
 def naive_slope_average(v: Tensor, b: Tensor, state: Tensor | None = None, pos: int = 0) -> Tensor:
     """The slope section's normalized average V'_n of strictly-past values.
 
@@ -66,7 +91,11 @@ def naive_mixer(mixer, x: Tensor, slope_state: Tensor | None = None, decay_state
     u, v, f, e = mixer.in_proj(x).chunk(4, dim=-1)
     v_avg = naive_slope_average(v.view(B, T, C, -1), mixer.slope.to(x.device), slope_state, pos)
     out_s = F.silu(v_avg.reshape(B, T, D)) * u
-    e_past, _ = naive_decay_scan(e.view(B, T, C, -1), torch.log(mixer.decay).to(x.device), decay_state)
+    log_a = torch.log(mixer.decay).to(x.device)
+    if mixer.gate is None:
+        e_past, _ = naive_decay_scan(e.view(B, T, C, -1), log_a, decay_state)
+    else:  # input dt_n * E_n, log a_n = max(dt_n log a, -4), dt_n = softplus(x W_G + b_G)
+        e_past, _ = naive_gated_scan(*mixer.gated_decay_inputs(x, e.view(B, T, C, -1), log_a), decay_state)
     e_norm = e_past * torch.rsqrt(e_past.pow(2).mean(-1, keepdim=True) + mixer.eps) * mixer.e_norm_weight
     out_d = e_norm.reshape(B, T, D) * torch.sigmoid(f)
     return mixer.out_proj(torch.cat([out_s, out_d], dim=-1))

@@ -11,9 +11,14 @@ from synclearn.model.neurons import masked_dense_reference
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(dtype=torch.float64, seed=1):
-    cfg = MCSDConfig(d_model=32, n_layers=3, n_channels=4, d_ff=64, chunk_size=16, predictor_rank=8)
-    return build_model(cfg, seed=seed, dtype=dtype)
+def tiny(dtype=torch.float64, seed=1, gated=False):
+    cfg = MCSDConfig(d_model=32, n_layers=3, n_channels=4, d_ff=64, chunk_size=16, predictor_rank=8, gated_decay=gated)
+    model = build_model(cfg, seed=seed, dtype=dtype)
+    if gated:  # a gate away from its dt = 1 initialization
+        with torch.no_grad():
+            for block in model.blocks:
+                block.mixer.gate.weight.normal_(0.0, 0.6, generator=torch.Generator().manual_seed(seed))
+    return model
 
 
 def decode(model, ids, sparse=None, module_path=False, start=4):
@@ -34,8 +39,9 @@ def decode(model, ids, sparse=None, module_path=False, start=4):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_fused_dense_step_equals_the_module_path(dtype, tol, batch):
-    model = tiny(dtype)
+@pytest.mark.parametrize("gated", [False, True])
+def test_fused_dense_step_equals_the_module_path(dtype, tol, batch, gated):
+    model = tiny(dtype, gated=gated)
     ids = torch.randint(0, 263, (batch, 30), generator=torch.Generator().manual_seed(batch))
     a, sa = decode(model, ids)
     b, sb = decode(model, ids, module_path=True)

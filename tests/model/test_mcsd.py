@@ -9,7 +9,15 @@ from synclearn.model.naive import naive_mixer
 
 def tiny(dtype=torch.float64, **overrides):
     cfg = MCSDConfig(**{**dict(d_model=32, n_layers=2, n_channels=4, d_ff=64, chunk_size=16, predictor_rank=8), **overrides})
-    return build_model(cfg, seed=1, dtype=dtype)
+    model = build_model(cfg, seed=1, dtype=dtype)
+    if cfg.gated_decay:  # a trained gate: dt far from 1, some tokens at the decay floor
+        g = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for block in model.blocks:
+                gate = block.mixer.gate
+                gate.weight.copy_(torch.randn(gate.weight.shape, generator=g, dtype=dtype) * 0.6)
+                gate.bias.copy_(torch.randn(gate.bias.shape, generator=g, dtype=dtype))
+    return model
 
 
 def mixer_inputs(model, T, B=2, with_state=True, seed=0):
@@ -28,8 +36,9 @@ def mixer_inputs(model, T, B=2, with_state=True, seed=0):
 
 @pytest.mark.parametrize("T", [1, 63, 100])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_mixer_chunked_and_recurrent_match_naive(T, with_state):
-    model = tiny()
+@pytest.mark.parametrize("gated", [False, True])
+def test_mixer_chunked_and_recurrent_match_naive(T, with_state, gated):
+    model = tiny(gated_decay=gated)
     mixer = model.blocks[0].mixer
     x, s, d, pos = mixer_inputs(model, T, with_state=with_state)
     x.requires_grad_(True)
@@ -37,10 +46,10 @@ def test_mixer_chunked_and_recurrent_match_naive(T, with_state):
     w = torch.randn(2, T, model.config.d_model, dtype=torch.float64)
 
     ref = naive_mixer(mixer, x, s, d, pos)
-    g_ref = torch.autograd.grad((ref * w).sum(), [x, *mixer.parameters()])
+    g_ref = torch.autograd.grad((ref * w).sum(), [x, *mixer.parameters()], allow_unused=True, materialize_grads=True)
 
     chunk, _, _ = mixer(x, s, d, posv)
-    g_chunk = torch.autograd.grad((chunk * w).sum(), [x, *mixer.parameters()])
+    g_chunk = torch.autograd.grad((chunk * w).sum(), [x, *mixer.parameters()], allow_unused=True, materialize_grads=True)
 
     zeros = torch.zeros(2, mixer.n_channels, mixer.d_channel, dtype=torch.float64)
     ss, dd, outs = (s if s is not None else zeros), (d if d is not None else zeros), []
@@ -48,7 +57,7 @@ def test_mixer_chunked_and_recurrent_match_naive(T, with_state):
         y, ss, dd = mixer.step(x[:, t], ss, dd, posv + t)
         outs.append(y)
     rec = torch.stack(outs, 1)
-    g_rec = torch.autograd.grad((rec * w).sum(), [x, *mixer.parameters()])
+    g_rec = torch.autograd.grad((rec * w).sum(), [x, *mixer.parameters()], allow_unused=True, materialize_grads=True)
 
     torch.testing.assert_close(chunk, ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(rec, ref, rtol=1e-9, atol=1e-9)
@@ -57,8 +66,9 @@ def test_mixer_chunked_and_recurrent_match_naive(T, with_state):
         torch.testing.assert_close(c, a, rtol=1e-9, atol=1e-9)
 
 
-def test_mixer_final_states_chunked_equal_recurrent():
-    model = tiny()
+@pytest.mark.parametrize("gated", [False, True])
+def test_mixer_final_states_chunked_equal_recurrent(gated):
+    model = tiny(gated_decay=gated)
     mixer = model.blocks[1].mixer
     x, s, d, pos = mixer_inputs(model, 63)
     posv = torch.full((2,), pos, dtype=torch.long)
@@ -72,8 +82,9 @@ def test_mixer_final_states_chunked_equal_recurrent():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
 @pytest.mark.parametrize("T", [1, 63, 100])
-def test_full_forward_equals_prefill_plus_steps(dtype, tol, T):
-    model = tiny(dtype)
+@pytest.mark.parametrize("gated", [False, True])
+def test_full_forward_equals_prefill_plus_steps(dtype, tol, T, gated):
+    model = tiny(dtype, gated_decay=gated)
     ids = torch.randint(0, 263, (2, T), generator=torch.Generator().manual_seed(T))
     full = model(ids)
     k = T // 3
@@ -91,8 +102,9 @@ def test_full_forward_equals_prefill_plus_steps(dtype, tol, T):
     assert torch.equal(state.pos, one_pass.pos)
 
 
-def test_prefill_two_halves_with_state_equals_one_pass():
-    model = tiny()
+@pytest.mark.parametrize("gated", [False, True])
+def test_prefill_two_halves_with_state_equals_one_pass(gated):
+    model = tiny(gated_decay=gated)
     ids = torch.randint(0, 263, (3, 101))
     full, state_full = model.prefill(ids)
     a, st = model.prefill(ids[:, :50])
@@ -111,8 +123,9 @@ def test_state_size_is_constant_in_context():
     assert s_long.slope.shape == (cfg.n_layers, 1, cfg.n_channels, cfg.d_channel)
 
 
-def test_gradients_flow_to_every_trained_parameter():
-    model = tiny(torch.float32).train()
+@pytest.mark.parametrize("gated", [False, True])
+def test_gradients_flow_to_every_trained_parameter(gated):
+    model = tiny(torch.float32, gated_decay=gated).train()
     ids = torch.randint(0, 256, (2, 40))
     logits = model(ids[:, :-1])
     torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).backward()
@@ -141,6 +154,17 @@ def test_config_error_lists_every_bad_field():
         named_config("mcsd-huge")
     with pytest.raises(ConfigError, match="unknown MCSDConfig fields"):
         MCSDConfig.from_dict({"d_model": 64, "heads": 3})
+    with pytest.raises(ConfigError, match="gated_decay='yes'"):
+        MCSDConfig(gated_decay="yes")
+
+
+def test_gated_decay_starts_as_the_fixed_mixer_and_counts_its_gate():
+    plain = tiny()
+    gated = build_model(MCSDConfig(**{**plain.config.to_dict(), "gated_decay": True}), seed=1, dtype=torch.float64)
+    assert gated.num_parameters() == gated.config.num_parameters() > plain.num_parameters()
+    gated.load_state_dict(plain.state_dict(), strict=False)  # every shared weight equal, the gate at dt = 1
+    ids = torch.randint(0, 263, (2, 40), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(gated(ids), plain(ids), rtol=1e-10, atol=1e-10)
 
 
 def test_named_sizes_have_the_promised_parameter_counts():

@@ -1,19 +1,22 @@
 """The three forms of the scalar-decay scan agree: outputs, final states and gradients."""
 
+import math
+
 import pytest
 import torch
 
-from synclearn.model.naive import naive_decay_scan
-from synclearn.model.scan import chunk_decay_scan, recurrent_decay_step
+from synclearn.model.naive import naive_decay_scan, naive_gated_scan
+from synclearn.model.scan import GATE_LOG_FLOOR, chunk_decay_scan, chunk_gated_scan, recurrent_decay_step
 
 C, DC = 3, 4
 LOG_DECAY = torch.log(torch.tensor([0.5, 0.9, 1 - 2**-10], dtype=torch.float64))
 
 
 def recurrent_scan(x, log_decay, state):
+    """Token by token; ``log_decay``: [C], or one [B, C, Dc] per token (gated)."""
     ys = []
     for t in range(x.shape[1]):
-        y, state = recurrent_decay_step(x[:, t], log_decay, state)
+        y, state = recurrent_decay_step(x[:, t], log_decay[t] if isinstance(log_decay, tuple) else log_decay, state)
         ys.append(y)
     return torch.stack(ys, 1), state
 
@@ -92,3 +95,54 @@ def test_autocast_does_not_lower_the_scan_precision():
 def test_empty_sequence_is_an_error():
     with pytest.raises(ValueError, match="T >= 1"):
         chunk_decay_scan(torch.zeros(1, 0, C, DC), LOG_DECAY)
+
+
+def gated_inputs(T, dtype, seed=0):
+    """Inputs, per-token log decays over the whole allowed range (some at the floor) and a state."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, T, C, DC, generator=g, dtype=dtype, requires_grad=True)
+    la = (-torch.rand(2, T, C, DC, generator=g, dtype=dtype) * (GATE_LOG_FLOOR + 1)).clamp(min=-GATE_LOG_FLOOR)
+    la = la.detach().requires_grad_()
+    s0 = torch.randn(2, C, DC, generator=g, dtype=dtype, requires_grad=True)
+    return x, la, s0
+
+
+@pytest.mark.parametrize("T", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_gated_forms_agree(T, dtype, tol):
+    x, la, s0 = gated_inputs(T, dtype)
+    w = torch.randn(2, T, C, DC, dtype=dtype)
+    results = {}
+    for name, fn in {
+        "naive": lambda: naive_gated_scan(x, la, s0),
+        "chunk": lambda: chunk_gated_scan(x, la, s0),
+        "recurrent": lambda: recurrent_scan(x, la.unbind(1), s0),
+    }.items():
+        y, s = fn()
+        grads = torch.autograd.grad((y * w).sum() + s.sum(), (x, la, s0))
+        results[name] = (y.detach(), s.detach(), *grads)
+    for name in ("chunk", "recurrent"):
+        for ref, got, what in zip(results["naive"], results[name], ("output", "state", "grad x", "grad log a", "grad state")):
+            torch.testing.assert_close(got, ref, rtol=tol, atol=tol, msg=f"{name} {what}")
+
+
+def test_gated_scan_with_constant_decay_is_the_fixed_scan():
+    x = torch.randn(2, 50, C, DC, dtype=torch.float64)
+    s0 = torch.randn(2, C, DC, dtype=torch.float64)
+    la = LOG_DECAY[None, None, :, None].expand_as(x).contiguous()
+    for got, ref in zip(chunk_gated_scan(x, la, s0), chunk_decay_scan(x, LOG_DECAY, s0, 16)):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_gated_scan_stays_finite_when_every_token_forgets_hardest():
+    x = torch.randn(1, 300, C, DC) * 100
+    la = torch.full_like(x, -GATE_LOG_FLOOR)
+    y, s = chunk_gated_scan(x, la)
+    assert torch.isfinite(y).all() and torch.isfinite(s).all()
+    # each output holds about its last input only (e^-4 of it), the rest decayed away
+    torch.testing.assert_close(y[:, 1:], x[:, :-1] * math.exp(-GATE_LOG_FLOOR), rtol=0.05, atol=0.05 * 100)
+
+
+def test_gated_scan_names_a_shape_mismatch():
+    with pytest.raises(ValueError, match="log_decay has shape"):
+        chunk_gated_scan(torch.zeros(1, 4, C, DC), torch.zeros(1, 4, C))
