@@ -77,39 +77,39 @@ def base_model(name: str, mix: dict | None = None):
     return pretrained_model("mcsd-chat", threads=1, **(mix or {}))
 
 
-def parse_anchors(items: list[str]) -> dict:
-    """``["turns=1024", "weight=1.5"]`` -> ``{"turns": 1024, "weight": 1.5}`` (AnchorSet.build settings)."""
-    known = ("turns", "per_step", "weight", "near_share", "top_k")
+def parse_settings(items: list[str], flag: str, known: list[str], check=None) -> dict:
+    """``["n_world=200", "world_share=0.7"]`` -> ``{"n_world": 200, "world_share": 0.7}``: KEY=VALUE
+    pairs, each value read as JSON (a number, true/false, an object) or else kept as a string;
+    a key outside ``known`` or what ``check(settings)`` reports ends the run with one line."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        try:
-            if not sep or key not in known:
-                raise ValueError
-            out[key] = int(value) if key in ("turns", "per_step", "top_k") else float(value)
-        except ValueError:
-            raise SystemExit(f"--anchors {item!r}: expected KEY=NUMBER with KEY one of {list(known)}") from None
-    return out
-
-
-def parse_mix(items: list[str]) -> dict:
-    """``["n_world=200", "world_share=0.7"]`` -> ``{"n_world": 200, "world_share": 0.7}`` (PretrainConfig fields)."""
-    from dataclasses import fields
-
-    from synclearn.learn.pretrain import PretrainConfig
-
-    known = {f.name: f.type for f in fields(PretrainConfig)}
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in known or key == "name":
-            raise SystemExit(f"--base-mix {item!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{sorted(k for k in known if k != 'name')}")
+        if not sep or key not in known:
+            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+    errors = check(out) if check is not None else []
+    if errors:
+        raise SystemExit(f"{flag}: " + "; ".join(errors))
     return out
+
+
+def parse_anchors(items: list[str]) -> dict:
+    """Anchor settings (AnchorSet.build's), e.g. ``["turns=1024", "weight=1.5"]``."""
+    from synclearn.learn.anchors import ANCHOR_SETTINGS, anchor_settings_errors
+
+    return parse_settings(items, "--anchors", list(ANCHOR_SETTINGS), anchor_settings_errors)
+
+
+def parse_mix(items: list[str]) -> dict:
+    """PretrainConfig fields of a base variant, e.g. ``["n_world=200", "world_share=0.7"]``."""
+    from dataclasses import fields
+
+    from synclearn.learn.pretrain import PretrainConfig
+
+    return parse_settings(items, "--base-mix", [f.name for f in fields(PretrainConfig) if f.name != "name"])
 
 
 def teach(model, settings: dict, facts, forms, *, repeats: int, replay: int, lr_scale: float, seed: int,
