@@ -60,7 +60,7 @@ GRID = ["learner=sparse,lora,full", "memory=none,replay,consolidate"]
 MAIN_JOB_METRICS = ["recall_d0", "recall_d10", "recall_d100", "recall_d1000", "recall_other_d0", "recall_other_d1000", "rank_recall_d1000",
                     "acc", "bwt", "forgetting", "text_nll_change", "chat_nll_change", "people_nll_change",
                     "untaught_entropy_vs_base", "format_vs_base", "locality",
-                    "free_share_min", "latency_overhead_p50", "learner_steps", "stream_s"]
+                    "free_share_min", "learning_share_min", "latency_overhead_p50", "learner_steps", "stream_s"]
 MAIN_JOB_PLOTS = ["retention.png", "accuracy_matrix.png", "forgetting.png", "latency.png"]
 
 
@@ -229,6 +229,7 @@ def _met(ok: bool) -> str:
 
 
 GOAL_METRICS = ("recall_d1000", "recall_other_d1000", "bwt", "text_nll_change", "chat_nll_change", "format_vs_base",
+                "learning_share_min",
                 "free_share_min")
 
 
@@ -243,7 +244,13 @@ def _goal_lines(label: str, m: dict[str, float], learned_tail: str = "") -> list
             f"{_met(max(m['text_nll_change'], m['chat_nll_change']) <= 0.02)}), well-formed answers "
             f"**{m['format_vs_base']:.2f}x** the base's (goal >= 0.95: {_met(m['format_vs_base'] >= 0.95)}), "
             f"neurons free in the least free layer **{m['free_share_min']:.0%}** (goal >= 50%: "
-            f"{_met(m['free_share_min'] >= 0.5)})."]
+            f"{_met(m['free_share_min'] >= 0.5)}){_learning_tail(m)}."]
+
+
+def _learning_tail(m: dict[str, float]) -> str:
+    """How many free neurons still learn at >= half the rate (damping frees every neuron)."""
+    share = m.get("learning_share_min")
+    return "" if share is None or share != share else f", of them at >= half the learning rate **{share:.0%}**"
 
 
 def goals(dest: Path) -> list[str]:

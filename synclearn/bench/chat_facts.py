@@ -242,6 +242,7 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
         kept_after = keep.measure(model)
         kept = compare(kept_before, kept_after)
     kept.update({f"free_share_l{layer}": share for layer, share in learner.free_share().items()})
+    kept.update({f"learning_share_l{layer}": share for layer, share in learner.learning_share().items()})
     lat = measure_latency(session, learner, [p["prompt"] for p in smalltalk(latency_prompts, seed=seed + 1)],
                           attach_options={**memory.attach_options(), **serve.attach_options()}) \
         if latency_prompts else None
@@ -261,7 +262,10 @@ def run(model: Any, learner: Any, log: Any, out_dir: str | Path, *, memory: Any,
     shares = [v for k, v in kept.items() if k.startswith("free_share_l")]
     if shares:
         results["free_share_min"] = min(shares)
-        results["summary"].insert(3, f"neurons free to learn at the end: {min(shares):.0%} (least free plastic layer)")
+        learning = min(v for k, v in kept.items() if k.startswith("learning_share_l"))
+        results["learning_share_min"] = learning
+        results["summary"].insert(3, f"neurons free to learn at the end: {min(shares):.0%} (least free plastic layer; "
+                                     f"{learning:.0%} free and at >= half the learning rate)")
     return results
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor
 
 from synclearn.learn.updates import NeuronControls
@@ -60,6 +61,23 @@ class LearnerControls:
         for layer in self.plastic_layers:
             mask = self.protected(layer)
             out[layer] = 1.0 if mask is None else 1.0 - float(mask.sum()) / self._d_ff(layer)
+        return out
+
+    def learning_share(self, min_scale: float = 0.5) -> dict[int, float]:
+        """Per plastic layer, the share of its neurons that are free (:meth:`free_share`) and learn
+        at least ``min_scale`` of the learning rate: damping leaves every neuron free, and this
+        says how many of them it still lets move at a useful rate. {} for LoRA and full learners."""
+        if self.update != "sparse":
+            return {}
+        out = {}
+        for layer in self.plastic_layers:
+            ok = torch.ones(self._d_ff(layer), dtype=torch.bool)
+            mask, scale = self.protected(layer), self.lr_scale(layer)
+            if mask is not None:
+                ok &= ~mask
+            if scale is not None:
+                ok &= scale >= min_scale
+            out[layer] = float(ok.float().mean())
         return out
 
     def set_lr_scale(self, layer: int, scale: Tensor | None) -> None:

@@ -85,6 +85,17 @@ def test_protection_and_controls_are_validated_copies(examples):
     result = learner.step(examples[:2])
     assert 2 not in result.neurons  # every neuron of layer 2 is protected
     assert Learner(tiny_mcsd(), update="lora").free_share() == {}  # no neurons to protect
+    # damped neurons are free but count as learning only at >= half the rate
+    learner.set_protected(2, None)
+    scale = torch.ones(128)
+    scale[:32] = 0.1
+    scale[32:48] = 0.5
+    learner.set_lr_scale(2, scale)
+    learner.protect(2, [100])
+    assert learner.free_share()[2] == 1 - 1 / 128
+    assert learner.learning_share()[2] == (128 - 32 - 1) / 128
+    assert learner.learning_share(min_scale=0.6)[2] == (128 - 48 - 1) / 128
+    assert Learner(tiny_mcsd(), update="lora").learning_share() == {}
 
 
 def test_selectors_receive_the_background_statistics(examples):
