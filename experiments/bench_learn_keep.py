@@ -36,6 +36,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+from common import parse_settings  # noqa: E402
 
 from synclearn.chat import ChatSession  # noqa: E402
 from synclearn.data.facts import QUESTION_FORMS, generate_facts  # noqa: E402
@@ -75,25 +78,6 @@ def base_model(name: str, mix: dict | None = None):
     if name == "quick":
         return pretrained_model("mcsd-tiny", steps=400, progress=False, threads=1, **(mix or {}))
     return pretrained_model("mcsd-chat", threads=1, **(mix or {}))
-
-
-def parse_settings(items: list[str], flag: str, known: list[str], check=None) -> dict:
-    """``["n_world=200", "world_share=0.7"]`` -> ``{"n_world": 200, "world_share": 0.7}``: KEY=VALUE
-    pairs, each value read as JSON (a number, true/false, an object) or else kept as a string;
-    a key outside ``known`` or what ``check(settings)`` reports ends the run with one line."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in known:
-            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    errors = check(out) if check is not None else []
-    if errors:
-        raise SystemExit(f"{flag}: " + "; ".join(errors))
-    return out
 
 
 def parse_anchors(items: list[str]) -> dict:

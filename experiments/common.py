@@ -55,3 +55,22 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
+
+
+def parse_settings(items: list[str], flag: str, known: list[str], check=None) -> dict:
+    """``["n_world=200", "world_share=0.7"]`` -> ``{"n_world": 200, "world_share": 0.7}``: KEY=VALUE
+    pairs, each value read as JSON (a number, true/false, an object) or else kept as a string;
+    a key outside ``known`` or what ``check(settings)`` reports ends the run with one line."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    errors = check(out) if check is not None else []
+    if errors:
+        raise SystemExit(f"{flag}: " + "; ".join(errors))
+    return out

@@ -323,6 +323,31 @@ def learn_keep_section(dest: Path) -> list[str]:
     return out + ["", "![learn vs keep](results/learn_keep/learn_keep.png)", ""]
 
 
+def base_section(dest: Path) -> list[str]:
+    """Base variants side by side (experiments/bench_base.py's JSON, one file per pretraining mix,
+    copied to ``<dest>/bench_base/``)."""
+    paths = sorted((dest / "bench_base").glob("*.json"))
+    if not paths:
+        return []
+    out = ["## Base variants (what the chat base knows before learning)", "",
+           "`python experiments/bench_base.py [--base-mix ...]`: `mcsd-chat` pretrained with some settings changed "
+           "(1200 steps), per variant: ranked recall of 200 facts of its pretraining world (first question form / "
+           "the others), in-context recall (2-3 facts stated, one asked), held-out NLL (nats per token: a byte "
+           "for MCSD) of the retention probe's text and chat turns; chance is 1 / the values of the asked attribute.", ""]
+    for path in paths:
+        data = json.loads(path.read_text())
+        mix = " ".join(f"{k}={json.dumps(v)}" for k, v in data.get("base_mix", {}).items()) or "the default mix"
+        out += [f"Mix: {mix}.", "",
+                "| variant | settings | parameters | pretraining loss | world recall | other forms | chance | in-context "
+                "recall | text NLL | chat NLL |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in data["rows"]:
+            out.append(f"| {r['variant']} | `{json.dumps(r['settings'])}` | {r['parameters']:,} | {r['pretrain_loss']:.3f} | "
+                       f"{r['world_recall']:.1%} | {r['world_recall_other']:.1%} | {r['world_chance']:.1%} | "
+                       f"{r['in_context_recall']:.1%} | {r['text_nll']:.3f} | {r['chat_nll']:.3f} |")
+        out.append("")
+    return out
+
+
 def sparse_section(dest: Path) -> list[str]:
     """Sparse decode and the sparse step on CPU: ``experiments/bench_sparse.py``'s JSON, copied to
     ``<dest>/bench_sparse.json`` (a wall-clock benchmark: re-run it on a quiet machine)."""
@@ -440,6 +465,7 @@ def render(dest: Path) -> str:
             out += ["", f"(plots of one run: {meta.get('representative', '')}, "
                         f"{' '.join(f'{k}={v}' for k, v in spec['representative'].items())})", ""]
     out += learn_keep_section(dest)
+    out += base_section(dest)
     out += sparse_section(dest)
     out += gpu_section(dest)
     out += ["## Definitions", "",
