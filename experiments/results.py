@@ -23,6 +23,8 @@ Sweeps (learner x memory, as the issue asks: ``learner=sparse,lora,full memory=n
 * ``main_job_lock``: the main job without anchors (``memory=consolidate``, the default until
   2026-12-02), seeds 0-2.
 * ``chat_facts_quick``: every learner x memory on experiment=quick (20 facts, delays up to 200).
+* ``main_job_world200``: the main job on a base pretrained with a 200-fact world at 70% of
+  the fact questions (``model.n_world=200 model.world_share=0.7``), seeds 0-2.
 * ``main_job_damp``: the main job with ``memory=damp`` (damping instead of locks) at 10% of the
   neurons a step, seeds 0-2.
 * ``split_digits``: class-incremental split digits (experiment=split_digits), seeds 0-2;
@@ -82,6 +84,10 @@ SWEEPS: dict[str, dict] = {
     "main_job_lock": _main_job_sweep(
         ["memory=consolidate"], "chat-facts, the main job without anchors (memory=consolidate: the default until "
         "2026-12-02)", {"seed": "0"}, []),
+    "main_job_world200": _main_job_sweep(
+        ["model.n_world=200", "model.world_share=0.7"],
+        "chat-facts, the main job on a base pretrained with a 200-fact world (model.n_world=200 model.world_share=0.7)",
+        {"seed": "0"}, ["model.n_world", "model.world_share"]),
     "main_job_damp": _main_job_sweep(
         ["memory.consolidation.policy=damp", "learner.neuron_fraction=0.1"],
         "chat-facts, the main job with damping instead of locks (memory=damp, 10% of the neurons a step)",
@@ -270,19 +276,15 @@ def goals(dest: Path) -> list[str]:
                 continue
             lines += _goal_lines(f"chat-facts, learner=sparse memory={memory}", m,
                                  f"; naive fine-tuning (memory=none) recall@1000 {naive:.0%}")
-    main = _groups(dest, "main_job")
-    if main:
-        m = {k: _mean(main, k) for k in GOAL_METRICS}
-        lines += _goal_lines(f"the main job on its defaults, `synclearn run`, seeds {main[0].get('seeds', '')}", m)
-    lock = _groups(dest, "main_job_lock")
-    if lock:
-        m = {k: _mean(lock, k) for k in GOAL_METRICS}
-        lines += _goal_lines(f"the main job without anchors (memory=consolidate), seeds {lock[0].get('seeds', '')}", m)
-    damp = _groups(dest, "main_job_damp")
-    if damp:
-        m = {k: _mean(damp, k) for k in GOAL_METRICS}
-        lines += _goal_lines(f"the main job with damping instead of locks (memory=damp, 10% of the neurons), "
-                             f"seeds {damp[0].get('seeds', '')}", m)
+    for name, label in (("main_job", "the main job on its defaults, `synclearn run`"),
+                        ("main_job_world200", "the main job on a base with a 200-fact world (model.n_world=200 "
+                                              "model.world_share=0.7)"),
+                        ("main_job_lock", "the main job without anchors (memory=consolidate)"),
+                        ("main_job_damp", "the main job with damping instead of locks (memory=damp, 10% of the neurons)")):
+        groups = _groups(dest, name)
+        if groups:
+            m = {k: _mean(groups, k) for k in GOAL_METRICS}
+            lines += _goal_lines(f"{label}, seeds {groups[0].get('seeds', '')}", m)
     digits = _groups(dest, "split_digits")
     if digits:
         cons = _mean(digits, "acc", learner="sparse", memory="consolidate")
