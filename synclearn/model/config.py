@@ -35,8 +35,9 @@ class MCSDConfig:
         gated_decay: the decay section's decay is chosen by each token, per feature (a selective
             scan): a_n = a_i^dt_n and input dt_n * E_n with dt_n = softplus(x W_G + b_G), W_G
             [D, D]. Initialized to dt = 1 (W_G = 0), i.e. the fixed-decay mixer. A token can then
-            hold what came before it (dt -> 0) or overwrite it (dt large): what binds a name to a
-            question several tokens later, which fixed decays only average away.
+            hold what came before it (dt -> 0) or overwrite it (dt large). Measured on the chat
+            base (experiments/bench_base.py): more of a small, often-seen world recalled, no
+            in-context binding of names; off by default.
         name: informational label (e.g. "mcsd-tiny"); not part of the math.
     """
 

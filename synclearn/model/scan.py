@@ -18,14 +18,16 @@ C, Dc], with the same recurrence ``s_{n+1} = a_n * (s_n + x_n)``, so
 
 computed by :func:`chunk_gated_scan` (and by :func:`recurrent_decay_step` given that token's
 log a_n). Within a chunk the weight of x_m at n is exp(P_n - P_m) with P the exclusive prefix
-sum of log a: a difference of prefix sums, never a ratio of products, so nothing overflows
-however strongly a token forgets.
+sum of log a, computed as exp(P_n) * exp(-P_m): the chunks are GATE_CHUNK tokens and each
+log a_n is at least -GATE_LOG_FLOOR, so exp(-P_m) stays below e^64 (finite in fp32), and the
+state is carried between chunks with exponents <= 0.
 
 The O(T^2) references are :func:`synclearn.model.naive.naive_decay_scan` and
 :func:`synclearn.model.naive.naive_gated_scan`; tests hold the forms equal (outputs, final
 states and gradients).
 
-Every exponent used here is <= 0, so nothing overflows for any length. Scans run in at least
+Every exponent of the fixed scan is <= 0 and every one of the gated scan at most 64, so
+nothing overflows for any length. Scans run in at least
 float32 (bf16/fp16 inputs are upcast and the output cast back).
 """
 
