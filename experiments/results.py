@@ -24,7 +24,8 @@ Sweeps (learner x memory, as the issue asks: ``learner=sparse,lora,full memory=n
   2026-12-02), seeds 0-2.
 * ``chat_facts_quick``: every learner x memory on experiment=quick (20 facts, delays up to 200).
 * ``main_job_world200``: the main job on a base pretrained with a 200-fact world at 70% of
-  the fact questions (``model.n_world=200 model.world_share=0.7``), seeds 0-2.
+  the fact questions (``model.n_world=200 model.world_share=0.7``), seeds 0-2;
+  ``main_job_world200_gated``: the same with ``model.overrides={gated_decay:true}``.
 * ``main_job_damp``: the main job with ``memory=damp`` (damping instead of locks) at 10% of the
   neurons a step, seeds 0-2.
 * ``split_digits``: class-incremental split digits (experiment=split_digits), seeds 0-2;
@@ -88,6 +89,10 @@ SWEEPS: dict[str, dict] = {
         ["model.n_world=200", "model.world_share=0.7"],
         "chat-facts, the main job on a base pretrained with a 200-fact world (model.n_world=200 model.world_share=0.7)",
         {"seed": "0"}, ["model.n_world", "model.world_share"]),
+    "main_job_world200_gated": _main_job_sweep(
+        ["model.n_world=200", "model.world_share=0.7", "model.overrides={gated_decay:true}"],
+        "chat-facts, the main job on that base with a gated decay section (model.overrides={gated_decay:true})",
+        {"seed": "0"}, ["model.n_world", "model.world_share", "model.overrides"]),
     "main_job_damp": _main_job_sweep(
         ["memory.consolidation.policy=damp", "learner.neuron_fraction=0.1"],
         "chat-facts, the main job with damping instead of locks (memory=damp, 10% of the neurons a step)",
@@ -279,6 +284,7 @@ def goals(dest: Path) -> list[str]:
     for name, label in (("main_job", "the main job on its defaults, `synclearn run`"),
                         ("main_job_world200", "the main job on a base with a 200-fact world (model.n_world=200 "
                                               "model.world_share=0.7)"),
+                        ("main_job_world200_gated", "the main job on that base with gated_decay"),
                         ("main_job_lock", "the main job without anchors (memory=consolidate)"),
                         ("main_job_damp", "the main job with damping instead of locks (memory=damp, 10% of the neurons)")):
         groups = _groups(dest, name)
