@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from common import environment, parse_settings, print_table, write_json  # noqa: E402
+from common import environment, parse_pretrain_settings, print_table, write_json  # noqa: E402
 
 from synclearn.data.chat_mix import recall_turns  # noqa: E402
 from synclearn.data.facts import ANSWER_FORM, ATTRIBUTES, QUESTION_FORMS, world_facts  # noqa: E402
@@ -49,22 +49,9 @@ VARIANTS = {"fixed": {}, "gated": {"overrides": {"gated_decay": True}}}
 
 def ranked_first(model, messages: list[dict[str, str]], values: tuple[str, ...], true: str) -> bool:
     """Whether ``true``'s answer sentence is the most likely of ``values``' after ``messages``."""
-    history, question = messages[:-1], messages[-1]["content"]
-    if not history:
-        scores = candidate_logprobs(model, question, [ANSWER_FORM.format(value=v) for v in values])
-        return int(scores.argmax()) == values.index(true)
-    tok = model.tokenizer
-    prompt = tok.chat(messages)
-    rows = [prompt + tok.encode(ANSWER_FORM.format(value=v)) + [tok.END] for v in values]
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), tok.PAD, dtype=torch.long)
-    mask = torch.zeros(len(rows), T - 1)
-    for k, r in enumerate(rows):
-        ids[k, : len(r)] = torch.tensor(r)
-        mask[k, len(prompt) - 1 : len(r) - 1] = 1.0
-    with torch.inference_mode():
-        logp = model(ids[:, :-1]).float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
-    return int((logp * mask).sum(1).argmax()) == values.index(true)
+    scores = candidate_logprobs(model, messages[-1]["content"], [ANSWER_FORM.format(value=v) for v in values],
+                                history=messages[:-1])
+    return int(scores.argmax()) == values.index(true)
 
 
 def world_recall(model, n_world: int, n: int = 200) -> dict[str, float]:
@@ -112,17 +99,12 @@ def measure(name: str, mix: dict, probe: RetentionProbe) -> dict:
 
 def parse_variant(item: str) -> tuple[str, dict]:
     """``gated`` (a named variant) or ``NAME:FIELD=VALUE,FIELD=VALUE`` (PretrainConfig fields)."""
-    from dataclasses import fields
-
-    from synclearn.learn.pretrain import PretrainConfig
-
     name, sep, rest = item.partition(":")
     if not sep:
         if name not in VARIANTS:
             raise SystemExit(f"--variants {item!r}: expected one of {sorted(VARIANTS)} or NAME:FIELD=VALUE,...")
         return name, VARIANTS[name]
-    known = [f.name for f in fields(PretrainConfig) if f.name != "name"]
-    return name, parse_settings(rest.split(","), "--variants", known)
+    return name, parse_pretrain_settings(rest.split(","), "--variants")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="PretrainConfig fields changed for every variant (e.g. n_world=200 world_share=0.7)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench_base")
     args = parser.parse_args(argv)
-    from dataclasses import fields
-
-    from synclearn.learn.pretrain import PretrainConfig
-
-    common = parse_settings(args.base_mix, "--base-mix", [f.name for f in fields(PretrainConfig) if f.name != "name"])
+    common = parse_pretrain_settings(args.base_mix, "--base-mix")
     variants = [parse_variant(v) for v in args.variants]
     torch.set_num_threads(1)
     probe = RetentionProbe(seed=0, n_people=32, n_chat=32, text_bytes=16_384)

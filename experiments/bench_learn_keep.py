@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from common import parse_settings  # noqa: E402
+from common import parse_pretrain_settings, parse_settings  # noqa: E402
 
 from synclearn.chat import ChatSession  # noqa: E402
 from synclearn.data.facts import QUESTION_FORMS, generate_facts  # noqa: E402
@@ -85,15 +85,6 @@ def parse_anchors(items: list[str]) -> dict:
     from synclearn.learn.anchors import ANCHOR_SETTINGS, anchor_settings_errors
 
     return parse_settings(items, "--anchors", list(ANCHOR_SETTINGS), anchor_settings_errors)
-
-
-def parse_mix(items: list[str]) -> dict:
-    """PretrainConfig fields of a base variant, e.g. ``["n_world=200", "world_share=0.7"]``."""
-    from dataclasses import fields
-
-    from synclearn.learn.pretrain import PretrainConfig
-
-    return parse_settings(items, "--base-mix", [f.name for f in fields(PretrainConfig) if f.name != "name"])
 
 
 def teach(model, settings: dict, facts, forms, *, repeats: int, replay: int, lr_scale: float, seed: int,
@@ -254,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lr_scales = args.lr_scales or ([1.0] if args.quick else [0.5, 1.0, 2.0])
     torch.set_num_threads(1)
     args.base = args.base or ("quick" if args.quick else "chat")
-    args.base_mix = parse_mix(args.base_mix)
+    args.base_mix = parse_pretrain_settings(args.base_mix, "--base-mix")
     args.anchors = parse_anchors(args.anchors)
     for settings in METHODS.values():
         if settings.get("anchors") is not None:

@@ -74,3 +74,13 @@ def parse_settings(items: list[str], flag: str, known: list[str], check=None) ->
     if errors:
         raise SystemExit(f"{flag}: " + "; ".join(errors))
     return out
+
+
+def parse_pretrain_settings(items: list[str], flag: str) -> dict:
+    """:func:`parse_settings` over the :class:`~synclearn.learn.pretrain.PretrainConfig` fields a
+    base variant may change (all but ``name``), e.g. ``["n_world=200", "world_share=0.7"]``."""
+    from dataclasses import fields
+
+    from synclearn.learn.pretrain import PretrainConfig
+
+    return parse_settings(items, flag, [f.name for f in fields(PretrainConfig) if f.name != "name"])

@@ -41,12 +41,13 @@ class Probe:
     version: int
 
 
-def candidate_logprobs(model: Any, question: str, answers: list[str]) -> torch.Tensor:
+def candidate_logprobs(model: Any, question: str, answers: list[str],
+                       history: list[dict[str, str]] | None = None) -> torch.Tensor:
     """Summed log-probability of each answer (its tokens and the closing ``<|end|>``) after the
-    question opened as a new conversation. Returns [K] float."""
+    question, asked in a new conversation or after the messages of ``history``. Returns [K] float."""
     tok = model.tokenizer
     bos = [tok.BOS] if getattr(tok, "BOS", None) is not None else []
-    prompt = bos + tok.chat([{"role": "user", "content": question}])
+    prompt = bos + tok.chat([*(history or []), {"role": "user", "content": question}])
     rows = [prompt + tok.encode(a) + [tok.END] for a in answers]
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), tok.PAD, dtype=torch.long)

@@ -53,12 +53,14 @@ def test_correcting_log_attaches_the_fact_to_the_teaching_turn(tmp_path, model):
 
 
 @torch.no_grad()
-def test_candidate_logprobs_match_token_by_token_decoding(model):
+@pytest.mark.parametrize("history", [[], [{"role": "user", "content": "Remember: Kado's pet is a parrot."},
+                                          {"role": "assistant", "content": "Got it."}]])
+def test_candidate_logprobs_match_token_by_token_decoding(model, history):
     tok = model.tokenizer
     question, answers = "What is Kado's pet?", ["It's a cat.", "It's a parrot."]
-    got = candidate_logprobs(model, question, answers)
+    got = candidate_logprobs(model, question, answers, history=history)
     for k, answer in enumerate(answers):  # reference: prefill the prompt, then the recurrent form token by token
-        logits, state = model.prefill(torch.tensor([[tok.BOS] + tok.chat([{"role": "user", "content": question}])]))
+        logits, state = model.prefill(torch.tensor([[tok.BOS] + tok.chat([*history, {"role": "user", "content": question}])]))
         total, last = 0.0, logits[0, -1]
         for t in tok.encode(answer) + [tok.END]:
             total += float(last.detach().log_softmax(-1)[t])
